@@ -1,0 +1,50 @@
+import json
+
+import pytest
+from django.test import Client
+
+
+class Api:
+    """The HTTP API through Django's test client, speaking JSON."""
+
+    def __init__(self, client: Client):
+        self.client = client
+
+    def request(self, method: str, path: str, body=None, *, raw: bytes | str | None = None, **headers):
+        data = raw if raw is not None else (None if body is None else json.dumps(body))
+        kwargs = {"content_type": "application/json"} if data is not None else {}
+        extra = {f"HTTP_{k.upper().replace('-', '_')}": v for k, v in headers.items()}
+        return self.client.generic(method, path, data=data or "", **kwargs, **extra)
+
+    def get(self, path, **headers):
+        return self.request("GET", path, **headers)
+
+    def post(self, path, body=None, **kwargs):
+        return self.request("POST", path, body, **kwargs)
+
+    def patch(self, path, body=None, **kwargs):
+        return self.request("PATCH", path, body, **kwargs)
+
+    def delete(self, path, **headers):
+        return self.request("DELETE", path, **headers)
+
+    def create(self, name: str, qty: int = 0) -> dict:
+        response = self.post("/items", {"name": name, "qty": qty})
+        assert response.status_code == 201, response.content
+        return response.json()
+
+    def all_items(self) -> dict[str, dict]:
+        """The whole state as the API shows it: {id: item}, every page followed."""
+        items, cursor = {}, None
+        while True:
+            path = "/items?limit=1000" + (f"&cursor={cursor}" if cursor else "")
+            page = self.get(path).json()
+            items.update((item["id"], item) for item in page["items"])
+            cursor = page["next"]
+            if cursor is None:
+                return items
+
+
+@pytest.fixture
+def api(client, db) -> Api:
+    return Api(client)
