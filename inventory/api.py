@@ -9,7 +9,7 @@ import json
 import logging
 import uuid
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI, Query, Schema, Status
 from ninja.errors import HttpError, ValidationError
 from ninja.parser import Parser
@@ -130,6 +130,11 @@ def _validation_error(request, exc: ValidationError):
     return error_response(400, message, field=field)
 
 
+@api.exception_handler(Http404)
+def _not_found(request, exc: Http404):
+    return error_response(404, "not_found")
+
+
 @api.exception_handler(HttpError)
 def _http_error(request, exc: HttpError):
     message = "the body is not valid JSON" if exc.status_code == 400 else str(exc)
@@ -162,7 +167,11 @@ def _item(item: Item) -> dict:
     return {"id": item.id, "name": item.name, "qty": item.qty}
 
 
-NOT_FOUND = {"error": "not_found"}
+def _found(item: Item | None) -> dict:
+    """A service's None means the item does not exist."""
+    if item is None:
+        raise Http404
+    return _item(item)
 
 
 @api.post("/items", response={201: ItemOut, 400: Error}, summary="Create an item")
@@ -182,13 +191,13 @@ def list_items(request, query: Query[ListQuery]):
 @api.get("/items/{uuid:item_id}", response={200: ItemOut, 404: Error}, summary="Get an item")
 def get_item(request, item_id: uuid.UUID):
     item = selectors.item_get(item_id=item_id)
-    return Status(404, NOT_FOUND) if item is None else Status(200, _item(item))
+    return _found(item)
 
 
 @api.patch("/items/{uuid:item_id}", response={200: ItemOut, 400: Error, 404: Error}, summary="Rename an item")
 def rename_item(request, item_id: uuid.UUID, payload: RenameIn):
     item = services.item_rename(item_id=item_id, name=payload.name)
-    return Status(404, NOT_FOUND) if item is None else Status(200, _item(item))
+    return _found(item)
 
 
 @api.delete("/items/{uuid:item_id}", response={204: None}, summary="Delete an item (idempotent)")
@@ -204,7 +213,7 @@ def delete_item(request, item_id: uuid.UUID):
 )
 def adjust_qty(request, item_id: uuid.UUID, payload: DeltaIn):
     item = services.qty_adjust(item_id=item_id, delta=payload.delta)
-    return Status(404, NOT_FOUND) if item is None else Status(200, _item(item))
+    return _found(item)
 
 
 @api.get("/healthz", response=Health, summary="The process answers")

@@ -1,0 +1,50 @@
+# The commands operators and scripts rely on (README, "Operating it").
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export HOST PORT
+
+.PHONY: run test serve lint format
+
+# A virtualenv with the service's pinned dependencies (and, for tests, the dev ones).
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
+		{ echo "Python 3.11 or newer is needed as '$(PYTHON)' (make PYTHON=python3.12 ...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV) || \
+		{ echo "Could not make a virtualenv: on Debian/Ubuntu, apt-get install python3-venv"; exit 1; }
+
+$(VENV)/.deps: requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-deps: requirements.txt requirements-dev.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@ $(VENV)/.deps
+
+# Development: the embedded SQLite (db.sqlite3), Django's auto-reloading server.
+run: $(VENV)/.deps
+	$(BIN)/python manage.py migrate --noinput
+	@echo
+	@echo "Inventory service on http://$(HOST):$(PORT). Try:"
+	@echo "  curl -s -X POST http://$(HOST):$(PORT)/items -H 'Content-Type: application/json' -d '{\"name\": \"apple\", \"qty\": 5}'"
+	@echo
+	$(BIN)/python manage.py runserver $(HOST):$(PORT)
+
+# Every test: lint, then the whole suite (DATABASE_URL picks the database; SQLite by default).
+test: $(VENV)/.dev-deps lint
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.dev-deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(VENV)/.dev-deps
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Production: gunicorn with several worker processes (config/gunicorn.conf.py).
+serve: $(VENV)/.deps
+	$(BIN)/python manage.py migrate --noinput
+	exec $(BIN)/gunicorn config.wsgi -c config/gunicorn.conf.py
