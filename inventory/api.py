@@ -9,6 +9,8 @@ import json
 import logging
 import uuid
 
+from django.core.exceptions import RequestDataTooBig
+from django.db import OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI, Query, Schema, Status
 from ninja.errors import HttpError, ValidationError
@@ -16,8 +18,8 @@ from ninja.parser import Parser
 from pydantic import ConfigDict, Field, StrictInt, StrictStr
 
 from inventory import selectors, services
-from inventory.errors import InvalidCursor, InventoryError
-from inventory.invariants import NAME_MAX_LENGTH, QTY_MAX
+from inventory.errors import InvalidCursor, InvalidInput, InventoryError
+from inventory.invariants import NAME_MAX_LENGTH, QTY_MAX, normalize_name
 from inventory.models import Item
 
 logger = logging.getLogger(__name__)
@@ -135,10 +137,25 @@ def _not_found(request, exc: Http404):
     return error_response(404, "not_found")
 
 
+@api.exception_handler(RequestDataTooBig)
+def _too_large(request, exc: RequestDataTooBig):
+    return error_response(413, "the body is larger than 1 MiB")
+
+
 @api.exception_handler(HttpError)
 def _http_error(request, exc: HttpError):
     message = "the body is not valid JSON" if exc.status_code == 400 else str(exc)
     return error_response(exc.status_code, message)
+
+
+@api.exception_handler(OperationalError)
+def _database_unavailable(request, exc: OperationalError):
+    # The database is down, or still busy after the busy timeout: nothing was committed,
+    # and the same request may succeed in a moment.
+    logger.warning("database unavailable: %s", exc)
+    response = error_response(503, "database_unavailable", request_id=getattr(request, "request_id", None))
+    response["Retry-After"] = "1"
+    return response
 
 
 @api.exception_handler(Exception)
@@ -158,7 +175,13 @@ def _decode_cursor(cursor: str) -> str:
         after = json.loads(raw)["after"]
     except (binascii.Error, ValueError, TypeError, KeyError) as exc:
         raise InvalidCursor(field="cursor") from exc
-    if not isinstance(after, str):
+    # Cursors carry a stored name; anything else (a NUL, a lone surrogate) is forged and
+    # must not reach the database, which would refuse to compare it.
+    try:
+        valid = normalize_name(after) == after
+    except InvalidInput:
+        valid = False
+    if not valid:
         raise InvalidCursor(field="cursor")
     return after
 
