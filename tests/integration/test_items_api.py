@@ -3,6 +3,7 @@
 import uuid
 
 import pytest
+from django.db import OperationalError
 
 from inventory import services
 from inventory.invariants import QTY_MAX
@@ -218,3 +219,16 @@ def test_response_carries_a_request_id(api):
     generated = api.get("/healthz", X_Request_ID="bad id\nwith newline")["X-Request-ID"]
     assert generated != "bad id\nwith newline"
     assert len(generated) == 32
+
+
+def test_database_unavailable_is_a_json_503_to_retry(api, monkeypatch):
+    def locked(**kwargs):
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(services, "qty_adjust", locked)
+
+    response = api.patch(f"/items/{uuid.uuid4()}/qty", {"delta": 1}, X_Request_ID="req-9")
+
+    assert response.status_code == 503
+    assert response["Retry-After"] == "1"
+    assert response.json() == {"error": "database_unavailable", "request_id": "req-9"}
