@@ -2,6 +2,8 @@
 
 import uuid
 
+from inventory import invariants
+from inventory.errors import InvalidInput
 from inventory.models import Item
 
 
@@ -19,3 +21,22 @@ def item_list(*, limit: int, after_name: str | None = None) -> tuple[list[Item],
         items = items.filter(name__gt=after_name)
     page = list(items[: limit + 1])
     return page[:limit], len(page) > limit
+
+
+def invariant_violations() -> list[str]:
+    """Every row that breaks an invariant, read as stored (the ORM's own checks bypassed)."""
+    problems = []
+    seen: dict[str, str] = {}
+    # values_list returns what the database holds: a REAL qty stays a float, and so is caught.
+    for item_id, name, qty in Item.objects.order_by("pk").values_list("pk", "name", "qty").iterator():
+        try:
+            valid = invariants.validate_item({"name": name, "qty": qty})
+        except InvalidInput as exc:
+            problems.append(f"item {item_id}: {exc.message} (name={name!r}, qty={qty!r})")
+            continue
+        if valid["name"] != name:
+            problems.append(f"item {item_id}: name {name!r} is not stored normalised")
+        if valid["name"] in seen:
+            problems.append(f"item {item_id}: name {valid['name']!r} is also item {seen[valid['name']]}")
+        seen.setdefault(valid["name"], str(item_id))
+    return problems
