@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: run test serve lint format
+.PHONY: run test test-sqlite test-postgres serve lint format
 
 # A virtualenv with the service's pinned dependencies (and, for tests, the dev ones).
 $(BIN)/python:
@@ -32,9 +32,19 @@ run: $(VENV)/.deps
 	@echo
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
-# Every test: lint, then the whole suite (DATABASE_URL picks the database; SQLite by default).
-test: $(VENV)/.dev-deps lint
-	$(BIN)/python -m pytest
+# Every test: lint, then the whole suite on SQLite and on PostgreSQL. TEST_POSTGRES_URL names
+# a PostgreSQL of your own (its role needs CREATEDB); without it a throwaway cluster is made.
+test: lint test-sqlite test-postgres
+
+test-sqlite: $(VENV)/.dev-deps
+	env -u DATABASE_URL $(BIN)/python -m pytest
+
+test-postgres: $(VENV)/.dev-deps
+ifdef TEST_POSTGRES_URL
+	DATABASE_URL=$(TEST_POSTGRES_URL) $(BIN)/python -m pytest
+else
+	scripts/with-postgres $(BIN)/python -m pytest
+endif
 
 lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check .

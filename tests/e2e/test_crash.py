@@ -1,0 +1,88 @@
+"""kill -9 of every server process while writers run: every answered write survives, and
+every unanswered one is wholly applied or not at all."""
+
+import itertools
+import random
+import threading
+import time
+
+import pytest
+
+from tests.e2e.test_concurrency import create, parallel
+
+pytestmark = pytest.mark.e2e
+
+WRITERS = 8
+KILLS = 4
+
+
+def test_kill_9_loses_no_answered_write_and_half_applies_none(server):
+    items = [create(server, f"writer {i}", 0)["id"] for i in range(WRITERS)]
+    stop = threading.Event()
+
+    def writer(i):
+        """Sequential writes: at most one is in flight when the server dies."""
+        rng = random.Random(i)
+        acked, unknown, created, maybe_created = [], [], {}, {}
+        for n in itertools.count():
+            if stop.is_set():
+                break
+            if n % 5 == 4:
+                name, qty = f"made by {i} #{n}", rng.randint(0, 1000)
+                request, pending = ("POST", "/items", {"name": name, "qty": qty}), ("create", name, qty)
+            else:
+                delta = rng.randint(1, 1000)
+                request, pending = ("PATCH", f"/items/{items[i]}/qty", {"delta": delta}), ("delta", delta)
+            try:
+                status, body = server.client.request(*request)
+            except ConnectionRefusedError:
+                time.sleep(0.05)  # nothing reached a server: certainly not applied
+                continue
+            except OSError:
+                # Sent, then the server died: applied wholly or not at all.
+                if pending[0] == "create":
+                    maybe_created[pending[1]] = pending[2]
+                else:
+                    unknown.append(pending[1])
+                time.sleep(0.05)
+                continue
+            assert status == (201 if pending[0] == "create" else 200), (status, body)
+            if pending[0] == "create":
+                created[pending[1]] = pending[2]
+            else:
+                acked.append(pending[1])
+        return acked, unknown, created, maybe_created
+
+    def killer(_):
+        rng = random.Random(99)
+        for _ in range(KILLS):
+            time.sleep(rng.uniform(0.5, 2.0))
+            server.kill()
+            server.start()
+        time.sleep(1.0)
+        stop.set()
+
+    def run(i):
+        return killer(i) if i == WRITERS else writer(i)
+
+    results = parallel(WRITERS + 1, run)[:WRITERS]
+
+    status, page = server.client.request("GET", "/items?limit=1000")
+
+    assert status == 200, page
+    stored = {item["name"]: item for item in page["items"]}
+    total_acked = total_unknown = 0
+    for i, (acked, unknown, created, maybe_created) in enumerate(results):
+        total_acked += len(acked) + len(created)
+        total_unknown += len(unknown) + len(maybe_created)
+        extra = stored[f"writer {i}"]["qty"] - sum(acked)
+        # Each unanswered delta was applied wholly or not at all: extra is a subset sum.
+        sums = {sum(c) for k in range(len(unknown) + 1) for c in itertools.combinations(unknown, k)}
+        assert extra in sums, (i, extra, acked[-3:], unknown)
+        for name, qty in created.items():
+            assert stored[name]["qty"] == qty
+        for name, qty in maybe_created.items():
+            assert name not in stored or stored[name]["qty"] == qty
+    assert total_acked > 100, "the writers should have done real work between the kills"
+    print(f"crash test: {KILLS} kills, {total_acked} answered writes, {total_unknown} unanswered")
+    server.verify()
