@@ -1,6 +1,7 @@
 """kill -9 of every server process while writers run: every answered write survives, and
 every unanswered one is wholly applied or not at all."""
 
+import http.client
 import itertools
 import random
 import threading
@@ -38,7 +39,7 @@ def test_kill_9_loses_no_answered_write_and_half_applies_none(server):
             except ConnectionRefusedError:
                 time.sleep(0.05)  # nothing reached a server: certainly not applied
                 continue
-            except OSError:
+            except (OSError, http.client.HTTPException):
                 # Sent, then the server died: applied wholly or not at all.
                 if pending[0] == "create":
                     maybe_created[pending[1]] = pending[2]

@@ -36,6 +36,8 @@ def corrupt(sql: str, *params) -> None:
     ],
 )
 def test_verify_names_the_row_with_a_broken_name(capsys, sql, params, reason):
+    if reason == "at most 200" and connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL's varchar(200) refuses a longer name with no way around it")
     item = services.item_create(name="apple", qty=5)
     corrupt(sql, *params)
 
