@@ -10,14 +10,15 @@ import logging
 import uuid
 
 from django.core.exceptions import RequestDataTooBig
-from django.db import OperationalError
+from django.db import DatabaseError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI, Query, Schema, Status
-from ninja.errors import HttpError, ValidationError
+from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
 from pydantic import ConfigDict, Field, StrictInt, StrictStr
 
-from inventory import selectors, services
+from inventory import metrics, selectors, services
+from inventory.auth import BearerToken
 from inventory.errors import InvalidCursor, InvalidInput, InventoryError
 from inventory.invariants import NAME_MAX_LENGTH, QTY_MAX, normalize_name
 from inventory.models import Item
@@ -25,10 +26,20 @@ from inventory.models import Item
 logger = logging.getLogger(__name__)
 
 
+class UnsupportedMediaType(ValueError):
+    pass
+
+
 class StrictJSONParser(Parser):
-    """json.loads, minus what JSON does not allow or means two things."""
+    """json.loads of an application/json body, minus what JSON does not allow or means two things.
+
+    Requiring the JSON media type also stops a browser's cross-site form or text/plain
+    "simple request" from ever reaching a write.
+    """
 
     def parse_body(self, request: HttpRequest) -> dict:
+        if request.content_type != "application/json":
+            raise UnsupportedMediaType(request.content_type)
         return json.loads(request.body, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
 
 
@@ -48,6 +59,7 @@ api = NinjaAPI(
     version="1.0.0",
     description="Items {id, name, qty} whose quantities change by signed deltas, never below 0.",
     parser=StrictJSONParser(),
+    auth=BearerToken(),
     urls_namespace="inventory",
 )
 
@@ -93,7 +105,9 @@ class ItemPage(Schema):
 
 class ListQuery(Schema):
     limit: int = Field(100, ge=1, le=1000)
-    cursor: str | None = None
+    cursor: str | None = Field(
+        None, description="the `next` of the previous page", pattern=r"^[A-Za-z0-9_-]+$"
+    )
 
 
 class Error(Schema):
@@ -105,14 +119,36 @@ class Health(Schema):
     status: str
 
 
+def read_responses(success: dict) -> dict:
+    """What a GET may answer besides success: 404 also for an id that is not a UUID."""
+    return {**success, 401: Error, 404: Error, 503: Error}
+
+
+def write_responses(success: dict) -> dict:
+    return {**read_responses(success), 400: Error, 403: Error, 413: Error, 415: Error}
+
+
+PROMETHEUS_TEXT = {
+    "responses": {
+        200: {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}},
+        401: {"description": "Unauthorized", "content": {"application/json": {"schema": {"type": "object"}}}},
+    }
+}
+
+
 def error_response(status: int, message: str, **extra) -> JsonResponse:
     return JsonResponse(
         {"error": message, **{k: v for k, v in extra.items() if v is not None}}, status=status
     )
 
 
+def _snake_case(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
 @api.exception_handler(InventoryError)
 def _inventory_error(request, exc: InventoryError):
+    metrics.REJECTED_TRANSITIONS.labels(_snake_case(type(exc).__name__)).inc()
     return error_response(400, exc.message, field=exc.field)
 
 
@@ -142,8 +178,17 @@ def _too_large(request, exc: RequestDataTooBig):
     return error_response(413, "the body is larger than 1 MiB")
 
 
+@api.exception_handler(AuthenticationError)
+def _unauthenticated(request, exc: AuthenticationError):
+    response = error_response(401, "a valid bearer token is required")
+    response["WWW-Authenticate"] = 'Bearer realm="inventory"'
+    return response
+
+
 @api.exception_handler(HttpError)
 def _http_error(request, exc: HttpError):
+    if isinstance(exc.__cause__, UnsupportedMediaType):  # raised by the parser, wrapped by ninja
+        return error_response(415, "the body must be application/json")
     message = "the body is not valid JSON" if exc.status_code == 400 else str(exc)
     return error_response(exc.status_code, message)
 
@@ -153,6 +198,7 @@ def _database_unavailable(request, exc: OperationalError):
     # The database is down, or still busy after the busy timeout: nothing was committed,
     # and the same request may succeed in a moment.
     logger.warning("database unavailable: %s", exc)
+    metrics.DATABASE_ERRORS.labels("unavailable").inc()
     response = error_response(503, "database_unavailable", request_id=getattr(request, "request_id", None))
     response["Retry-After"] = "1"
     return response
@@ -160,7 +206,9 @@ def _database_unavailable(request, exc: OperationalError):
 
 @api.exception_handler(Exception)
 def _unexpected(request, exc: Exception):
-    logger.exception("unexpected error", extra={"request_id": getattr(request, "request_id", None)})
+    logger.exception("unexpected error (request %s)", getattr(request, "request_id", None))
+    if isinstance(exc, DatabaseError):
+        metrics.DATABASE_ERRORS.labels("unexpected").inc()
     return error_response(500, "internal_error", request_id=getattr(request, "request_id", None))
 
 
@@ -197,48 +245,70 @@ def _found(item: Item | None) -> dict:
     return _item(item)
 
 
-@api.post("/items", response={201: ItemOut, 400: Error}, summary="Create an item")
+@api.post("/items", response=write_responses({201: ItemOut}), summary="Create an item")
 def create_item(request, payload: ItemIn, response: HttpResponse):
     item = services.item_create(name=payload.name, qty=payload.qty)
+    request.log_fields = {"item_id": str(item.id), "delta": item.qty}
     response["Location"] = f"/items/{item.id}"
     return Status(201, _item(item))
 
 
-@api.get("/items", response={200: ItemPage, 400: Error}, summary="List items by name")
+@api.get("/items", response=read_responses({200: ItemPage, 400: Error}), summary="List items by name")
 def list_items(request, query: Query[ListQuery]):
     after = None if query.cursor is None else _decode_cursor(query.cursor)
     items, more = selectors.item_list(limit=query.limit, after_name=after)
     return {"items": [_item(i) for i in items], "next": _encode_cursor(items[-1].name) if more else None}
 
 
-@api.get("/items/{uuid:item_id}", response={200: ItemOut, 404: Error}, summary="Get an item")
+@api.get("/items/{uuid:item_id}", response=read_responses({200: ItemOut}), summary="Get an item")
 def get_item(request, item_id: uuid.UUID):
     item = selectors.item_get(item_id=item_id)
     return _found(item)
 
 
-@api.patch("/items/{uuid:item_id}", response={200: ItemOut, 400: Error, 404: Error}, summary="Rename an item")
+@api.patch("/items/{uuid:item_id}", response=write_responses({200: ItemOut}), summary="Rename an item")
 def rename_item(request, item_id: uuid.UUID, payload: RenameIn):
     item = services.item_rename(item_id=item_id, name=payload.name)
     return _found(item)
 
 
-@api.delete("/items/{uuid:item_id}", response={204: None}, summary="Delete an item (idempotent)")
+@api.delete(
+    "/items/{uuid:item_id}", response=write_responses({204: None}), summary="Delete an item (idempotent)"
+)
 def delete_item(request, item_id: uuid.UUID):
+    request.log_fields = {"item_id": str(item_id)}
     services.item_delete(item_id=item_id)
     return Status(204, None)
 
 
 @api.patch(
     "/items/{uuid:item_id}/qty",
-    response={200: ItemOut, 400: Error, 404: Error},
+    response=write_responses({200: ItemOut}),
     summary="Change an item's qty by a signed delta",
 )
 def adjust_qty(request, item_id: uuid.UUID, payload: DeltaIn):
+    request.log_fields = {"item_id": str(item_id), "delta": payload.delta}
     item = services.qty_adjust(item_id=item_id, delta=payload.delta)
     return _found(item)
 
 
-@api.get("/healthz", response=Health, summary="The process answers")
+@api.get("/healthz", response=Health, auth=None, summary="The process answers")
 def healthz(request):
     return {"status": "ok"}
+
+
+@api.get(
+    "/readyz", response={200: Health, 503: Error}, auth=None, summary="The database is reachable and migrated"
+)
+def readyz(request):
+    if selectors.database_ready():
+        return {"status": "ok"}
+    return Status(503, {"error": "not_ready"})
+
+
+@api.get(
+    "/metrics", summary="Prometheus metrics, every worker process added up", openapi_extra=PROMETHEUS_TEXT
+)
+def prometheus_metrics(request):
+    body, content_type = metrics.exposition()
+    return HttpResponse(body, content_type=content_type)

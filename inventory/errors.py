@@ -30,3 +30,7 @@ class QtyAboveMax(InvalidInput):
 
 class InvalidCursor(InvalidInput):
     message = "cursor is not one this service issued"
+
+
+class TokenNameTaken(InventoryError):
+    message = "an active token with this name already exists"

@@ -41,3 +41,28 @@ class Item(models.Model):
         valid = invariants.validate_item({"name": self.name, "qty": self.qty})
         self.name, self.qty = valid["name"], valid["qty"]
         super().save(*args, **kwargs)
+
+
+class Token(models.Model):
+    """An API token. Only a hash of its secret is stored; the token is shown once, when made."""
+
+    READ, WRITE = "read", "write"
+    SCOPES = [(READ, "read: GET only"), (WRITE, "write: everything")]
+
+    name = models.CharField(max_length=100)
+    scope = models.CharField(max_length=5, choices=SCOPES)
+    key = models.CharField(max_length=32, unique=True)  # the public part: finds the row
+    digest = models.CharField(max_length=64)  # sha256 of the secret part, hex
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["name"], condition=models.Q(revoked_at__isnull=True), name="token_name_unique_active"
+            ),
+            models.CheckConstraint(condition=models.Q(scope__in=["read", "write"]), name="token_scope_known"),
+        ]
+
+    def __str__(self):
+        return f"{self.name} ({self.scope})"

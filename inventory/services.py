@@ -8,10 +8,11 @@ import uuid
 
 from django.db import IntegrityError, transaction
 from django.db.models import F
+from django.utils import timezone
 
-from inventory import invariants
-from inventory.errors import DuplicateName
-from inventory.models import Item
+from inventory import auth, invariants, metrics
+from inventory.errors import DuplicateName, TokenNameTaken
+from inventory.models import Item, Token
 
 
 def item_create(*, name: object, qty: object) -> Item:
@@ -19,6 +20,7 @@ def item_create(*, name: object, qty: object) -> Item:
     try:
         with transaction.atomic():
             item.save(force_insert=True)
+            transaction.on_commit(metrics.QTY_TRANSITIONS.labels("create").inc)
     except IntegrityError as exc:
         # The invariants passed, so the constraint that failed is the unique name:
         # a racing create of the same name won.
@@ -42,7 +44,8 @@ def item_rename(*, item_id: uuid.UUID, name: object) -> Item | None:
 
 def item_delete(*, item_id: uuid.UUID) -> None:
     with transaction.atomic():
-        Item.objects.filter(pk=item_id).delete()
+        if Item.objects.filter(pk=item_id).delete()[0]:
+            transaction.on_commit(metrics.QTY_TRANSITIONS.labels("delete").inc)
 
 
 def _guarded_add(item_id: uuid.UUID, delta: int) -> bool:
@@ -72,4 +75,22 @@ def qty_adjust(*, item_id: uuid.UUID, delta: object) -> Item | None:
             invariants.apply_delta(current, delta)  # raises the reason it is refused
             # qty moved in between and the delta now fits; the row is locked, so this applies.
             _guarded_add(item_id, delta)
+        transaction.on_commit(metrics.QTY_TRANSITIONS.labels("adjust").inc)
         return Item.objects.get(pk=item_id)
+
+
+def token_create(*, name: str, scope: str) -> str:
+    """Make a token; return it. Only its digest is stored, so this is the one time it is seen."""
+    shown, key, digest = auth.new_token()
+    try:
+        with transaction.atomic():
+            Token.objects.create(name=name, scope=scope, key=key, digest=digest)
+    except IntegrityError as exc:
+        raise TokenNameTaken(field="name") from exc
+    return shown
+
+
+def token_revoke(*, name: str) -> bool:
+    """Revoke the active token with this name; False if there is none."""
+    with transaction.atomic():
+        return Token.objects.filter(name=name, revoked_at__isnull=True).update(revoked_at=timezone.now()) == 1

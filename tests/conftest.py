@@ -3,16 +3,30 @@ import json
 import pytest
 from django.test import Client
 
+from inventory import services
+
 
 class Api:
-    """The HTTP API through Django's test client, speaking JSON."""
+    """The HTTP API through Django's test client, speaking JSON with a bearer token."""
 
-    def __init__(self, client: Client):
+    def __init__(self, client: Client, token: str | None = None):
         self.client = client
+        self.token = token
 
-    def request(self, method: str, path: str, body=None, *, raw: bytes | str | None = None, **headers):
+    def request(
+        self,
+        method: str,
+        path: str,
+        body=None,
+        *,
+        raw: bytes | str | None = None,
+        content_type: str = "application/json",
+        **headers,
+    ):
         data = raw if raw is not None else (None if body is None else json.dumps(body))
-        kwargs = {"content_type": "application/json"} if data is not None else {}
+        kwargs = {"content_type": content_type} if data is not None else {}
+        if self.token is not None:
+            headers.setdefault("Authorization", f"Bearer {self.token}")
         extra = {f"HTTP_{k.upper().replace('-', '_')}": v for k, v in headers.items()}
         return self.client.generic(method, path, data=data or "", **kwargs, **extra)
 
@@ -46,5 +60,16 @@ class Api:
 
 
 @pytest.fixture
-def api(client, db) -> Api:
-    return Api(client)
+def write_token(db) -> str:
+    return services.token_create(name="test writer", scope="write")
+
+
+@pytest.fixture
+def read_token(db) -> str:
+    return services.token_create(name="test reader", scope="read")
+
+
+@pytest.fixture
+def api(client, write_token) -> Api:
+    """The API as a client holding a write token."""
+    return Api(client, write_token)
