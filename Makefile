@@ -23,13 +23,15 @@ $(VENV)/.dev-deps: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@ $(VENV)/.deps
 
-# Development: the embedded SQLite (db.sqlite3), Django's auto-reloading server.
+# Development: the embedded SQLite (db.sqlite3), Django's auto-reloading server, and a fresh
+# write token named local-dev (the previous one is revoked) for the curl line it prints.
 run: $(VENV)/.deps
 	$(BIN)/python manage.py migrate --noinput
-	@echo
-	@echo "Inventory service on http://$(HOST):$(PORT). Try:"
-	@echo "  curl -s -X POST http://$(HOST):$(PORT)/items -H 'Content-Type: application/json' -d '{\"name\": \"apple\", \"qty\": 5}'"
-	@echo
+	@$(BIN)/python manage.py token revoke local-dev >/dev/null 2>&1 || true
+	@token=$$($(BIN)/python manage.py token create local-dev --scope write) && \
+	echo && echo "Inventory service on http://$(HOST):$(PORT). Try:" && \
+	echo "  curl -s -X POST http://$(HOST):$(PORT)/items -H 'Authorization: Bearer $$token' -H 'Content-Type: application/json' -d '{\"name\": \"apple\", \"qty\": 5}'" && \
+	echo
 	$(BIN)/python manage.py runserver $(HOST):$(PORT)
 
 # Every test: lint, then the whole suite on SQLite and on PostgreSQL. TEST_POSTGRES_URL names
@@ -54,7 +56,8 @@ format: $(VENV)/.dev-deps
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Production: gunicorn with several worker processes (config/gunicorn.conf.py).
+# Production: gunicorn with several worker processes (config/gunicorn.conf.py). Needs
+# SECRET_KEY; makes no token (manage.py token create NAME --scope read|write).
 serve: $(VENV)/.deps
 	$(BIN)/python manage.py migrate --noinput
 	exec $(BIN)/gunicorn config.wsgi -c config/gunicorn.conf.py

@@ -25,8 +25,31 @@ def env_list(name: str, default: str) -> list[str]:
 
 
 DEBUG = env_bool("DEBUG", False)
-SECRET_KEY = os.environ.get("SECRET_KEY", "insecure-development-key-not-for-production")
+# Nothing here signs data a client keeps (no sessions, no cookies), but Django needs a key.
+# The production server (make serve) refuses to start without SECRET_KEY in the environment.
+SECRET_KEY = os.environ.get("SECRET_KEY") or "development-only-" + "x" * 50
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
+
+# Security headers on every response. HSTS tells browsers to use HTTPS only; behind a proxy
+# that terminates TLS, SECURE_PROXY_SSL_HEADER lets Django see the request was secure.
+SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", "31536000"))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+if env_bool("BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+X_FRAME_OPTIONS = "DENY"
+SILENCED_SYSTEM_CHECKS = [
+    # No CSRF middleware: the API has no cookies or sessions, so a browser has no ambient
+    # credential to forge a request with; bearer tokens are never sent on their own, and a
+    # write needs Content-Type: application/json, which no cross-site form can send.
+    "security.W003",
+    # Redirecting http -> https is the TLS proxy's job: here it would also redirect the
+    # plain-HTTP health checks and loopback clients. Set SECURE_SSL_REDIRECT=1 to turn it on.
+    "security.W008",
+    # Preloading is a decision for the domain's owner, not for the service.
+    "security.W021",
+]
 
 INSTALLED_APPS = [
     "django.contrib.staticfiles",  # serves the /docs page's assets
@@ -36,8 +59,10 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "inventory.middleware.request_id",
+    "inventory.middleware.access_log",
     "inventory.middleware.json_errors",
     "django.middleware.security.SecurityMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
 ]
 
@@ -84,10 +109,18 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"stderr": {"class": "logging.StreamHandler"}},
+    "formatters": {"bare": {"format": "%(message)s"}},
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler"},
+        "json_lines": {"class": "logging.StreamHandler", "formatter": "bare"},
+    },
     "root": {"handlers": ["stderr"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    # Django logs every 4xx/5xx as a warning; the JSON body says it to the client already.
-    "loggers": {"django.request": {"level": "ERROR"}},
+    "loggers": {
+        # One JSON line per request (inventory.middleware.access_log), on stderr.
+        "inventory.request": {"handlers": ["json_lines"], "level": "INFO", "propagate": False},
+        # Django logs every 4xx/5xx as a warning; the access log says it already.
+        "django.request": {"level": "ERROR"},
+    },
 }
 
 # `manage.py test` runs the pytest suite.

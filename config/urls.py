@@ -11,7 +11,7 @@ def not_found(request, *args, **kwargs):
 urlpatterns = [
     path("", api.urls),
     # Any other path, including an <id> that is not a UUID, gets the same JSON 404.
-    re_path(r"", not_found),
+    re_path(r"", not_found, name="not_found"),
 ]
 
 handler404 = not_found

@@ -1,14 +1,19 @@
-"""Cross-cutting concerns of every request: its id, and JSON for every error."""
+"""Cross-cutting concerns of every request: its id, its log line and metrics, JSON errors."""
 
+import json
 import logging
 import re
+import time
 import uuid
+from datetime import UTC, datetime
 from http import HTTPStatus
 
 from django.core.exceptions import DisallowedHost
 from django.http import JsonResponse
 
-logger = logging.getLogger(__name__)
+from inventory import metrics
+
+request_log = logging.getLogger("inventory.request")
 
 # A client's request id is echoed only when it is short and plain enough to log safely.
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -23,6 +28,40 @@ def request_id(get_response):
         return response
 
     return middleware
+
+
+def access_log(get_response):
+    """One JSON line per request, and the request metrics. Never the token, never the body."""
+
+    def middleware(request):
+        started = time.perf_counter()
+        response = get_response(request)
+        duration = time.perf_counter() - started
+        route = _route(request)
+        line = {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "request_id": request.request_id,
+            "method": request.method,
+            "route": route,
+            "status": response.status_code,
+            "duration_ms": round(duration * 1000, 2),
+            "token": getattr(request, "token_name", None),
+            **getattr(request, "log_fields", {}),
+        }
+        request_log.info(json.dumps(line, ensure_ascii=False))
+        metrics.REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        metrics.LATENCY.labels(route).observe(duration)
+        return response
+
+    return middleware
+
+
+def _route(request) -> str:
+    """The route template, never the raw path: ids would make every line and label unique."""
+    match = getattr(request, "resolver_match", None)
+    if match is None or match.url_name == "not_found":
+        return "(unmatched)"
+    return "/" + str(match.route)
 
 
 def json_errors(get_response):

@@ -2,6 +2,9 @@
 
 import uuid
 
+from django.db import DatabaseError, connection
+from django.db.migrations.executor import MigrationExecutor
+
 from inventory import invariants
 from inventory.errors import InvalidInput
 from inventory.models import Item
@@ -40,3 +43,12 @@ def invariant_violations() -> list[str]:
             problems.append(f"item {item_id}: name {valid['name']!r} is also item {seen[valid['name']]}")
         seen.setdefault(valid["name"], str(item_id))
     return problems
+
+
+def database_ready() -> bool:
+    """The database answers and every migration this code knows is applied."""
+    try:
+        executor = MigrationExecutor(connection)
+        return not executor.migration_plan(executor.loader.graph.leaf_nodes())
+    except DatabaseError:
+        return False
