@@ -31,6 +31,7 @@ class Client:
     def __init__(self, port: int, timeout: float = 30):
         self.port = port
         self.timeout = timeout
+        self.token: str | None = None
 
     def request(self, method: str, path: str, body=None, headers=None) -> tuple[int, dict | None]:
         """(status, JSON body). Raises OSError when the server did not answer."""
@@ -38,6 +39,8 @@ class Client:
         try:
             payload = None if body is None else json.dumps(body)
             all_headers = {"Content-Type": "application/json", **(headers or {})}
+            if self.token:
+                all_headers.setdefault("Authorization", f"Bearer {self.token}")
             connection.request(method, path, body=payload, headers=all_headers)
             response = connection.getresponse()
             raw = response.read()
@@ -56,6 +59,7 @@ class Server:
         self.log = workdir / "server.log"
         self.process: subprocess.Popen | None = None
         self.client = Client(self.port)
+        self.extra_env: dict[str, str] = {}
 
     @property
     def env(self) -> dict:
@@ -65,6 +69,8 @@ class Server:
             "HOST": "127.0.0.1",
             "PORT": str(self.port),
             "WEB_CONCURRENCY": str(WORKERS),
+            "SECRET_KEY": "e2e-" + "k" * 60,
+            **self.extra_env,
         }
 
     def start(self) -> None:
@@ -101,10 +107,10 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    def verify(self) -> str:
-        """`manage.py verify` against the server's database; fails the test if it fails."""
+    def manage(self, *args: str) -> str:
+        """`manage.py ARGS` against the server's database; fails the test if it fails."""
         result = subprocess.run(
-            [sys.executable, "manage.py", "verify"],
+            [sys.executable, "manage.py", *args],
             cwd=ROOT,
             env=self.env,
             capture_output=True,
@@ -113,6 +119,9 @@ class Server:
         )
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
+
+    def verify(self) -> str:
+        return self.manage("verify")
 
 
 @pytest.fixture
@@ -137,5 +146,6 @@ def database_url(tmp_path):
 def server(database_url, tmp_path):
     server = Server(database_url, tmp_path)
     server.start()
+    server.client.token = server.manage("token", "create", "e2e", "--scope", "write").strip()
     yield server
     server.stop()

@@ -58,7 +58,9 @@ def test_hot_row_applies_every_answered_delta_exactly_once(server):
     assert all(delta < 0 and body == BELOW_ZERO for delta, body in refused)
     assert refused, "the workload should reach 0 and be refused sometimes"
     assert qty_of(server, item["id"]) == initial + sum(applied)
-    print(f"hot row: {CLIENTS} clients, {len(results)} deltas, {len(applied)} applied, {len(refused)} refused")
+    print(
+        f"hot row: {CLIENTS} clients, {len(results)} deltas, {len(applied)} applied, {len(refused)} refused"
+    )
     server.verify()
 
 
