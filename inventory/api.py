@@ -5,8 +5,12 @@ Every error a service raises is mapped to HTTP here, in error_response().
 
 import base64
 import binascii
+import datetime
+import functools
+import hashlib
 import json
 import logging
+import re
 import uuid
 
 from django.core.exceptions import RequestDataTooBig
@@ -19,8 +23,22 @@ from pydantic import ConfigDict, Field, StrictInt, StrictStr
 
 from inventory import metrics, selectors, services
 from inventory.auth import BearerToken
-from inventory.errors import InvalidCursor, InvalidInput, InventoryError
-from inventory.invariants import NAME_MAX_LENGTH, QTY_MAX, normalize_name
+from inventory.errors import (
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    InvalidCursor,
+    InvalidInput,
+    InventoryError,
+    ItemNotFound,
+    StaleQty,
+)
+from inventory.invariants import (
+    BATCH_MAX_CHANGES,
+    NAME_MAX_LENGTH,
+    QTY_MAX,
+    REASON_MAX_LENGTH,
+    normalize_name,
+)
 from inventory.models import Item
 
 logger = logging.getLogger(__name__)
@@ -64,7 +82,17 @@ api = NinjaAPI(
 )
 
 
+DELTA = {"minimum": -QTY_MAX, "maximum": QTY_MAX}
+QTY = {"minimum": 0, "maximum": QTY_MAX}
+EXPECTED_QTY_RULE = "apply only if qty is this now (compare-and-set); otherwise 409 with the current qty"
+REASON = {"maxLength": REASON_MAX_LENGTH}
 NAME_RULE = "normalised to NFC and stripped; then 1..200 characters, no control characters, unique"
+
+
+class ItemOut(Schema):
+    id: uuid.UUID
+    name: str
+    qty: int
 
 
 class Strict(Schema):
@@ -76,7 +104,7 @@ class ItemIn(Strict):
     name: StrictStr = Field(
         description=NAME_RULE, json_schema_extra={"minLength": 1, "maxLength": NAME_MAX_LENGTH}
     )
-    qty: StrictInt = Field(json_schema_extra={"minimum": 0, "maximum": QTY_MAX})
+    qty: StrictInt = Field(json_schema_extra=QTY)
 
 
 class RenameIn(Strict):
@@ -87,15 +115,42 @@ class RenameIn(Strict):
 
 class DeltaIn(Strict):
     delta: StrictInt = Field(
-        description="the signed change: -1 decrements, +5 increments",
-        json_schema_extra={"minimum": -QTY_MAX, "maximum": QTY_MAX},
+        description="the signed change: -1 decrements, +5 increments", json_schema_extra=DELTA
     )
+    expected_qty: StrictInt | None = Field(None, description=EXPECTED_QTY_RULE, json_schema_extra=QTY)
+    reason: StrictStr | None = Field(None, description="recorded in the movement", json_schema_extra=REASON)
 
 
-class ItemOut(Schema):
+class ChangeIn(Strict):
     id: uuid.UUID
-    name: str
-    qty: int
+    delta: StrictInt = Field(json_schema_extra=DELTA)
+    expected_qty: StrictInt | None = Field(None, description=EXPECTED_QTY_RULE, json_schema_extra=QTY)
+
+
+class AdjustmentIn(Strict):
+    changes: list[ChangeIn] = Field(
+        description="applied all together or not at all; each id at most once",
+        json_schema_extra={"minItems": 1, "maxItems": BATCH_MAX_CHANGES},
+    )
+    reason: StrictStr | None = Field(None, description="recorded in every movement", json_schema_extra=REASON)
+
+
+class ItemList(Schema):
+    items: list[ItemOut]
+
+
+class MovementOut(Schema):
+    kind: str
+    delta: int
+    qty_after: int
+    reason: str | None
+    request_id: str
+    at: datetime.datetime
+
+
+class MovementPage(Schema):
+    movements: list[MovementOut]
+    next: str | None = Field(description="cursor of the next page, or null on the last")
 
 
 class ItemPage(Schema):
@@ -103,7 +158,7 @@ class ItemPage(Schema):
     next: str | None = Field(description="cursor of the next page, or null on the last")
 
 
-class ListQuery(Schema):
+class PageQuery(Schema):
     limit: int = Field(100, ge=1, le=1000)
     cursor: str | None = Field(
         None, description="the `next` of the previous page", pattern=r"^[A-Za-z0-9_-]+$"
@@ -113,6 +168,8 @@ class ListQuery(Schema):
 class Error(Schema):
     error: str
     field: str | None = None
+    qty: int | None = Field(None, description="with 409: the current qty")
+    id: uuid.UUID | None = Field(None, description="in a batch: the item whose change was refused")
 
 
 class Health(Schema):
@@ -146,10 +203,19 @@ def _snake_case(name: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
 
 
+# Every typed error a service raises, and its status; any other InventoryError is a 400.
+ERROR_STATUS = {ItemNotFound: 404, StaleQty: 409, IdempotencyKeyInUse: 409, IdempotencyKeyReused: 422}
+
+
 @api.exception_handler(InventoryError)
-def _inventory_error(request, exc: InventoryError):
+def inventory_error_response(request, exc: InventoryError) -> JsonResponse:
     metrics.REJECTED_TRANSITIONS.labels(_snake_case(type(exc).__name__)).inc()
-    return error_response(400, exc.message, field=exc.field)
+    status = next((code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls)), 400)
+    item_id = None if exc.item_id is None else str(exc.item_id)
+    if status == 404:
+        return error_response(404, "not_found", id=item_id)
+    qty = exc.qty if isinstance(exc, StaleQty) else None
+    return error_response(status, exc.message, field=exc.field, id=item_id, qty=qty)
 
 
 @api.exception_handler(ValidationError)
@@ -169,7 +235,7 @@ def _validation_error(request, exc: ValidationError):
 
 
 @api.exception_handler(Http404)
-def _not_found(request, exc: Http404):
+def not_found_response(request, exc: Http404) -> JsonResponse:
     return error_response(404, "not_found")
 
 
@@ -212,17 +278,21 @@ def _unexpected(request, exc: Exception):
     return error_response(500, "internal_error", request_id=getattr(request, "request_id", None))
 
 
-def _encode_cursor(name: str) -> str:
-    raw = json.dumps({"after": name}).encode()
+def _encode_cursor(after: str | int) -> str:
+    raw = json.dumps({"after": after}).encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def _decode_cursor(cursor: str) -> str:
+def _cursor_after(cursor: str) -> object:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        after = json.loads(raw)["after"]
+        return json.loads(raw)["after"]
     except (binascii.Error, ValueError, TypeError, KeyError) as exc:
         raise InvalidCursor(field="cursor") from exc
+
+
+def _decode_name_cursor(cursor: str) -> str:
+    after = _cursor_after(cursor)
     # Cursors carry a stored name; anything else (a NUL, a lone surrogate) is forged and
     # must not reach the database, which would refuse to compare it.
     try:
@@ -245,17 +315,92 @@ def _found(item: Item | None) -> dict:
     return _item(item)
 
 
-@api.post("/items", response=write_responses({201: ItemOut}), summary="Create an item")
+def _decode_id_cursor(cursor: str) -> int:
+    after = _cursor_after(cursor)
+    if type(after) is not int or not 0 <= after <= QTY_MAX:
+        raise InvalidCursor(field="cursor")
+    return after
+
+
+# 1..255 visible ASCII characters (the contract's "Idempotency").
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+IDEMPOTENCY_HEADER = {
+    "parameters": [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "description": "A repeat with the same key and request gets the first answer back, "
+            "with Idempotent-Replayed: true, and changes nothing. 1..255 visible ASCII characters.",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+        }
+    ]
+}
+
+
+def idempotent(view):
+    """Idempotency-Key support for a write view: the view runs at most once per key and
+    token, and its answer is stored in the same transaction as its effect."""
+
+    @functools.wraps(view)
+    def wrapper(request, *args, **kwargs):
+        key = request.headers.get("Idempotency-Key")
+        if key is None:
+            return view(request, *args, **kwargs)
+        if not IDEMPOTENCY_KEY.fullmatch(key):
+            raise InvalidInput(
+                "Idempotency-Key must be 1 to 255 visible ASCII characters", field="Idempotency-Key"
+            )
+
+        def run() -> tuple[int, str]:
+            try:
+                result = view(request, *args, **kwargs)
+                status, value = (
+                    (result.status_code, result.value) if isinstance(result, Status) else (200, result)
+                )
+                return status, api.renderer.render(request, value, response_status=status)
+            except InventoryError as exc:  # a refusal is an answer too, and is replayed as one
+                response = inventory_error_response(request, exc)
+            except Http404 as exc:
+                response = not_found_response(request, exc)
+            return response.status_code, response.content.decode()
+
+        status, body, replayed = services.idempotent(
+            token=request.auth, key=key, fingerprint=_fingerprint(request), run=run
+        )
+        response = HttpResponse(body, status=status, content_type=api.get_content_type())
+        if status == 201:
+            response["Location"] = f"/items/{json.loads(body)['id']}"
+        if replayed:
+            response["Idempotent-Replayed"] = "true"
+        return response
+
+    return wrapper
+
+
+def _fingerprint(request) -> str:
+    """Method, path and body, the body as canonical JSON: the same request, however spaced."""
+    body = json.dumps(json.loads(request.body or b"null"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{request.method} {request.path}\n{body}".encode()).hexdigest()
+
+
+@api.post(
+    "/items",
+    response=write_responses({201: ItemOut}),
+    openapi_extra=IDEMPOTENCY_HEADER,
+    summary="Create an item",
+)
+@idempotent
 def create_item(request, payload: ItemIn, response: HttpResponse):
-    item = services.item_create(name=payload.name, qty=payload.qty)
+    item = services.item_create(name=payload.name, qty=payload.qty, request_id=request.request_id)
     request.log_fields = {"item_id": str(item.id), "delta": item.qty}
     response["Location"] = f"/items/{item.id}"
     return Status(201, _item(item))
 
 
 @api.get("/items", response=read_responses({200: ItemPage, 400: Error}), summary="List items by name")
-def list_items(request, query: Query[ListQuery]):
-    after = None if query.cursor is None else _decode_cursor(query.cursor)
+def list_items(request, query: Query[PageQuery]):
+    after = None if query.cursor is None else _decode_name_cursor(query.cursor)
     items, more = selectors.item_list(limit=query.limit, after_name=after)
     return {"items": [_item(i) for i in items], "next": _encode_cursor(items[-1].name) if more else None}
 
@@ -266,7 +411,13 @@ def get_item(request, item_id: uuid.UUID):
     return _found(item)
 
 
-@api.patch("/items/{uuid:item_id}", response=write_responses({200: ItemOut}), summary="Rename an item")
+@api.patch(
+    "/items/{uuid:item_id}",
+    response=write_responses({200: ItemOut}),
+    openapi_extra=IDEMPOTENCY_HEADER,
+    summary="Rename an item",
+)
+@idempotent
 def rename_item(request, item_id: uuid.UUID, payload: RenameIn):
     item = services.item_rename(item_id=item_id, name=payload.name)
     return _found(item)
@@ -277,19 +428,67 @@ def rename_item(request, item_id: uuid.UUID, payload: RenameIn):
 )
 def delete_item(request, item_id: uuid.UUID):
     request.log_fields = {"item_id": str(item_id)}
-    services.item_delete(item_id=item_id)
+    services.item_delete(item_id=item_id, request_id=request.request_id)
     return Status(204, None)
 
 
 @api.patch(
     "/items/{uuid:item_id}/qty",
-    response=write_responses({200: ItemOut}),
+    response=write_responses({200: ItemOut, 409: Error}),
+    openapi_extra=IDEMPOTENCY_HEADER,
     summary="Change an item's qty by a signed delta",
 )
+@idempotent
 def adjust_qty(request, item_id: uuid.UUID, payload: DeltaIn):
     request.log_fields = {"item_id": str(item_id), "delta": payload.delta}
-    item = services.qty_adjust(item_id=item_id, delta=payload.delta)
+    item = services.qty_adjust(
+        item_id=item_id,
+        delta=payload.delta,
+        expected_qty=payload.expected_qty,
+        reason=payload.reason,
+        request_id=request.request_id,
+    )
     return _found(item)
+
+
+@api.post(
+    "/adjustments",
+    response=write_responses({200: ItemList, 409: Error}),
+    openapi_extra=IDEMPOTENCY_HEADER,
+    summary="Apply several changes of qty in one transaction: all or none",
+)
+@idempotent
+def apply_adjustments(request, payload: AdjustmentIn):
+    changes = [change.model_dump() for change in payload.changes]
+    request.log_fields = {"changes": len(changes)}
+    items = services.adjustment_apply(changes=changes, reason=payload.reason, request_id=request.request_id)
+    return {"items": [_item(item) for item in items]}
+
+
+@api.get(
+    "/items/{uuid:item_id}/movements",
+    response=read_responses({200: MovementPage, 400: Error}),
+    summary="An item's movements, oldest first; kept after it is deleted",
+)
+def list_movements(request, item_id: uuid.UUID, query: Query[PageQuery]):
+    after = None if query.cursor is None else _decode_id_cursor(query.cursor)
+    movements, more = selectors.movement_list(item_id=item_id, limit=query.limit, after_id=after)
+    if not movements and not selectors.item_ever_existed(item_id=item_id):
+        raise Http404
+    return {
+        "movements": [
+            {
+                "kind": m.kind,
+                "delta": m.delta,
+                "qty_after": m.qty_after,
+                "reason": m.reason,
+                "request_id": m.request_id,
+                "at": m.at,
+            }
+            for m in movements
+        ],
+        "next": _encode_cursor(movements[-1].id) if more else None,
+    }
 
 
 @api.get("/healthz", response=Health, auth=None, summary="The process answers")

@@ -6,9 +6,10 @@ class InventoryError(Exception):
 
     message = "invalid request"
 
-    def __init__(self, message: str | None = None, *, field: str | None = None):
+    def __init__(self, message: str | None = None, *, field: str | None = None, item_id=None):
         self.message = message or self.message
         self.field = field
+        self.item_id = item_id  # in a batch, the item whose change was refused
         super().__init__(self.message)
 
 
@@ -30,6 +31,30 @@ class QtyAboveMax(InvalidInput):
 
 class InvalidCursor(InvalidInput):
     message = "cursor is not one this service issued"
+
+
+class ItemNotFound(InventoryError):
+    """An item a batch names does not exist (a single-item service returns None instead)."""
+
+    message = "not_found"
+
+
+class StaleQty(InventoryError):
+    """expected_qty was given and is not the current qty: someone moved the stock."""
+
+    message = "qty is not expected_qty"
+
+    def __init__(self, *, qty: int, item_id=None):
+        super().__init__(field="expected_qty", item_id=item_id)
+        self.qty = qty
+
+
+class IdempotencyKeyInUse(InventoryError):
+    message = "a request with this Idempotency-Key is still running"
+
+
+class IdempotencyKeyReused(InventoryError):
+    message = "this Idempotency-Key was used for a different request"
 
 
 class TokenNameTaken(InventoryError):

@@ -10,6 +10,8 @@ from inventory.errors import InvalidInput, QtyAboveMax, QtyBelowZero
 
 QTY_MAX = 2**63 - 1  # a signed 64-bit column on SQLite and PostgreSQL
 NAME_MAX_LENGTH = 200
+REASON_MAX_LENGTH = 500
+BATCH_MAX_CHANGES = 1000
 ITEM_FIELDS = frozenset({"name", "qty"})
 
 # Cc: control characters, NUL included. Cs: lone surrogates, which JSON's \ud800
@@ -55,6 +57,41 @@ def check_delta(value: object) -> int:
     if not -QTY_MAX <= delta <= QTY_MAX:
         raise InvalidInput(f"delta must be between {-QTY_MAX} and {QTY_MAX}", field="delta")
     return delta
+
+
+def check_reason(value: object) -> str | None:
+    """A movement's free-text reason: absent, or storable text of at most 500 characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidInput("reason must be a string", field="reason")
+    if len(value) > REASON_MAX_LENGTH:
+        raise InvalidInput(f"reason must be at most {REASON_MAX_LENGTH} characters", field="reason")
+    if any(unicodedata.category(char) in _UNSTORABLE_CATEGORIES for char in value):
+        raise InvalidInput("reason must not contain control characters", field="reason")
+    return value
+
+
+def check_changes(changes: list[dict]) -> list[dict]:
+    """A batch: 1..1000 changes {id, delta, expected_qty?}, each id once."""
+    if not 1 <= len(changes) <= BATCH_MAX_CHANGES:
+        raise InvalidInput(f"changes must hold 1 to {BATCH_MAX_CHANGES} changes", field="changes")
+    seen = set()
+    checked = []
+    for change in changes:
+        if change["id"] in seen:
+            # Two lines for one item would be checked against the same stock.
+            raise InvalidInput(f"item {change['id']} appears more than once", field="changes")
+        seen.add(change["id"])
+        expected = change.get("expected_qty")
+        checked.append(
+            {
+                "id": change["id"],
+                "delta": check_delta(change["delta"]),
+                "expected_qty": None if expected is None else check_qty(expected, "expected_qty"),
+            }
+        )
+    return checked
 
 
 def validate_item(data: dict) -> dict:

@@ -43,6 +43,52 @@ class Item(models.Model):
         super().save(*args, **kwargs)
 
 
+class Movement(models.Model):
+    """One change of an item's qty: the ledger. Kept after the item is deleted, so no foreign key."""
+
+    CREATE, ADJUST, DELETE = "create", "adjust", "delete"
+    KINDS = [(CREATE, "create"), (ADJUST, "adjust"), (DELETE, "delete")]
+
+    id = models.BigAutoField(primary_key=True)  # the order of the ledger
+    item_id = models.UUIDField()
+    kind = models.CharField(max_length=6, choices=KINDS)
+    delta = models.BigIntegerField()
+    qty_after = models.BigIntegerField()
+    # null is "no reason given", which the contract tells apart from "".
+    reason = models.CharField(max_length=invariants.REASON_MAX_LENGTH, null=True)  # noqa: DJ001
+    request_id = models.CharField(max_length=128)
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["item_id", "id"], name="movement_item_order")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(qty_after__gte=0, qty_after__lte=invariants.QTY_MAX),
+                name="movement_qty_after_in_range",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.kind} {self.delta:+d} -> {self.qty_after}"
+
+
+class IdempotencyKey(models.Model):
+    """The stored answer to the first request with a key, written in the effect's transaction."""
+
+    token = models.ForeignKey("Token", on_delete=models.CASCADE)
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64)  # sha256 of method, path and body
+    status = models.PositiveSmallIntegerField()
+    body = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["token", "key"], name="idempotency_key_per_token")]
+
+    def __str__(self):
+        return self.key
+
+
 class Token(models.Model):
     """An API token. Only a hash of its secret is stored; the token is shown once, when made."""
 

@@ -4,10 +4,11 @@ import uuid
 
 from django.db import DatabaseError, connection
 from django.db.migrations.executor import MigrationExecutor
+from django.db.models import Max, Sum
 
 from inventory import invariants
 from inventory.errors import InvalidInput
-from inventory.models import Item
+from inventory.models import Item, Movement
 
 
 def item_get(*, item_id: uuid.UUID) -> Item | None:
@@ -26,6 +27,22 @@ def item_list(*, limit: int, after_name: str | None = None) -> tuple[list[Item],
     return page[:limit], len(page) > limit
 
 
+def movement_list(
+    *, item_id: uuid.UUID, limit: int, after_id: int | None = None
+) -> tuple[list[Movement], bool]:
+    """A page of an item's movements, oldest first; ([], False) when it has none."""
+    movements = Movement.objects.filter(item_id=item_id).order_by("id")
+    if after_id is not None:
+        movements = movements.filter(id__gt=after_id)
+    page = list(movements[: limit + 1])
+    return page[:limit], len(page) > limit
+
+
+def item_ever_existed(*, item_id: uuid.UUID) -> bool:
+    """Every item ever created has a create movement, which is never deleted."""
+    return Movement.objects.filter(item_id=item_id).exists()
+
+
 def invariant_violations() -> list[str]:
     """Every row that breaks an invariant, read as stored (the ORM's own checks bypassed)."""
     problems = []
@@ -42,6 +59,27 @@ def invariant_violations() -> list[str]:
         if valid["name"] in seen:
             problems.append(f"item {item_id}: name {valid['name']!r} is also item {seen[valid['name']]}")
         seen.setdefault(valid["name"], str(item_id))
+    return problems + _ledger_violations()
+
+
+def _ledger_violations() -> list[str]:
+    """For every item: qty == the sum of its movements' deltas, the last of which left qty."""
+    ledger = {
+        row["item_id"]: (row["total"], row["last_id"])
+        for row in Movement.objects.values("item_id").annotate(total=Sum("delta"), last_id=Max("id"))
+    }
+    last_ids = [last_id for _, last_id in ledger.values()]
+    qty_left = {}
+    for start in range(0, len(last_ids), 5000):  # bounded IN lists
+        chunk = last_ids[start : start + 5000]
+        qty_left.update(Movement.objects.filter(id__in=chunk).values_list("item_id", "qty_after"))
+    problems = []
+    for item_id, qty in Item.objects.order_by("pk").values_list("pk", "qty").iterator():
+        total, _ = ledger.get(item_id, (None, None))
+        if total != qty:
+            problems.append(f"item {item_id}: qty {qty!r} but its movements add up to {total!r}")
+        elif qty_left[item_id] != qty:
+            problems.append(f"item {item_id}: qty {qty!r} but its last movement left {qty_left[item_id]!r}")
     return problems
 
 

@@ -2,25 +2,67 @@
 
 A service returns the item, returns None when the item does not exist, or raises a
 typed error from inventory.errors; in every failing case nothing has been written.
+Every change of qty writes its movement (the ledger) in the same transaction.
 """
 
+import datetime
+import functools
+import time
 import uuid
+from collections.abc import Callable
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from inventory import auth, invariants, metrics
-from inventory.errors import DuplicateName, TokenNameTaken
-from inventory.models import Item, Token
+from inventory.errors import (
+    DuplicateName,
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    InventoryError,
+    ItemNotFound,
+    StaleQty,
+    TokenNameTaken,
+)
+from inventory.models import IdempotencyKey, Item, Movement, Token
+
+# PostgreSQL SQLSTATEs after which the whole transaction may simply run again.
+_RETRYABLE = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 
 
-def item_create(*, name: object, qty: object) -> Item:
+def retry_on_conflict(service: Callable) -> Callable:
+    """Run a write again when PostgreSQL aborted it for a deadlock or serialization failure:
+    nothing of it was committed, so a second run is the same request, not a repeat."""
+
+    @functools.wraps(service)
+    def wrapper(*args, **kwargs):
+        for attempt in range(5):
+            try:
+                return service(*args, **kwargs)
+            except OperationalError as exc:
+                sqlstate = getattr(exc.__cause__, "sqlstate", None)
+                if sqlstate not in _RETRYABLE or attempt == 4 or connection.in_atomic_block:
+                    raise
+                time.sleep(0.01 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def _record(item_id, kind: str, delta: int, qty_after: int, reason: str | None, request_id: str) -> None:
+    Movement.objects.create(
+        item_id=item_id, kind=kind, delta=delta, qty_after=qty_after, reason=reason, request_id=request_id
+    )
+    transaction.on_commit(metrics.QTY_TRANSITIONS.labels(kind).inc)
+
+
+def item_create(*, name: object, qty: object, request_id: str = "") -> Item:
     item = Item(name=name, qty=qty)
     try:
         with transaction.atomic():
             item.save(force_insert=True)
-            transaction.on_commit(metrics.QTY_TRANSITIONS.labels("create").inc)
+            _record(item.id, Movement.CREATE, item.qty, item.qty, None, request_id)
     except IntegrityError as exc:
         # The invariants passed, so the constraint that failed is the unique name:
         # a racing create of the same name won.
@@ -42,14 +84,17 @@ def item_rename(*, item_id: uuid.UUID, name: object) -> Item | None:
     return item
 
 
-def item_delete(*, item_id: uuid.UUID) -> None:
+def item_delete(*, item_id: uuid.UUID, request_id: str = "") -> None:
     with transaction.atomic():
-        if Item.objects.filter(pk=item_id).delete()[0]:
-            transaction.on_commit(metrics.QTY_TRANSITIONS.labels("delete").inc)
+        item = Item.objects.select_for_update().filter(pk=item_id).first()
+        if item is not None:
+            item.delete()
+            _record(item_id, Movement.DELETE, -item.qty, 0, None, request_id)
 
 
-def _guarded_add(item_id: uuid.UUID, delta: int) -> bool:
-    """qty += delta in one UPDATE whose guard keeps qty in [0, QTY_MAX].
+def _guarded_add(item_id: uuid.UUID, delta: int, expected_qty: int | None) -> bool:
+    """qty += delta in one UPDATE whose guard keeps qty in [0, QTY_MAX] (and, for a
+    compare-and-set, requires qty == expected_qty).
 
     The bound is written so that no intermediate value leaves the 64-bit range:
     SQLite would turn an overflowing sum into a REAL and PostgreSQL would raise.
@@ -58,25 +103,96 @@ def _guarded_add(item_id: uuid.UUID, delta: int) -> bool:
         guard = {"qty__gte": -delta}
     else:
         guard = {"qty__lte": invariants.QTY_MAX - delta}
+    if expected_qty is not None:
+        guard["qty"] = expected_qty
     return Item.objects.filter(pk=item_id, **guard).update(qty=F("qty") + delta) == 1
 
 
-def qty_adjust(*, item_id: uuid.UUID, delta: object) -> Item | None:
+def _adjust(item_id: uuid.UUID, delta: int, expected_qty: int | None, reason, request_id) -> Item | None:
+    """The quantity transition, inside the caller's transaction."""
+    if not _guarded_add(item_id, delta, expected_qty):
+        # Refused or missing. Lock the row so the reason we give is the true one:
+        # another writer may have moved qty since the guard ran.
+        current = Item.objects.select_for_update().filter(pk=item_id).values_list("qty", flat=True).first()
+        if current is None:
+            return None
+        if expected_qty is not None and current != expected_qty:
+            raise StaleQty(qty=current, item_id=item_id)
+        invariants.apply_delta(current, delta)  # raises the reason it is refused
+        # qty moved in between and the delta now fits; the row is locked, so this applies.
+        _guarded_add(item_id, delta, expected_qty)
+    item = Item.objects.get(pk=item_id)
+    _record(item_id, Movement.ADJUST, delta, item.qty, reason, request_id)
+    return item
+
+
+@retry_on_conflict
+def qty_adjust(
+    *,
+    item_id: uuid.UUID,
+    delta: object,
+    expected_qty: object = None,
+    reason: object = None,
+    request_id: str = "",
+) -> Item | None:
     delta = invariants.check_delta(delta)
+    expected_qty = None if expected_qty is None else invariants.check_qty(expected_qty, "expected_qty")
+    reason = invariants.check_reason(reason)
     with transaction.atomic():
-        if not _guarded_add(item_id, delta):
-            # Refused or missing. Lock the row so the reason we give is the true one:
-            # another writer may have moved qty since the guard ran.
-            current = (
-                Item.objects.select_for_update().filter(pk=item_id).values_list("qty", flat=True).first()
-            )
-            if current is None:
-                return None
-            invariants.apply_delta(current, delta)  # raises the reason it is refused
-            # qty moved in between and the delta now fits; the row is locked, so this applies.
-            _guarded_add(item_id, delta)
-        transaction.on_commit(metrics.QTY_TRANSITIONS.labels("adjust").inc)
-        return Item.objects.get(pk=item_id)
+        return _adjust(item_id, delta, expected_qty, reason, request_id)
+
+
+@retry_on_conflict
+def adjustment_apply(*, changes: list[dict], reason: object = None, request_id: str = "") -> list[Item]:
+    """Apply every change or none. Rows are updated in id order, so two batches that touch
+    the same items lock them in the same order and cannot deadlock each other."""
+    changes = invariants.check_changes(changes)
+    reason = invariants.check_reason(reason)
+    with transaction.atomic():
+        applied = {}
+        for change in sorted(changes, key=lambda c: c["id"]):
+            try:
+                item = _adjust(change["id"], change["delta"], change["expected_qty"], reason, request_id)
+            except InventoryError as exc:
+                exc.item_id = change["id"]  # which line; raising rolls back the lines before it
+                raise
+            if item is None:
+                raise ItemNotFound(field="changes", item_id=change["id"])
+            applied[change["id"]] = item
+    return [applied[change["id"]] for change in changes]
+
+
+@retry_on_conflict
+def idempotent(*, token: Token, key: str, fingerprint: str, run: Callable[[], tuple[int, str]]):
+    """Run a request once per (token, key): (status, body, replayed).
+
+    The answer is stored in the same transaction as the effect, so a crash leaves both
+    or neither, and a retry after it is applied exactly once. A concurrent repeat is 409
+    on PostgreSQL (a transaction-scoped advisory lock says the first is still running);
+    on SQLite, whose writers take turns, it waits for the first and gets its replay.
+    """
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", [f"{token.pk}:{key}"]
+                )
+                if not cursor.fetchone()[0]:
+                    raise IdempotencyKeyInUse(field="Idempotency-Key")
+        stored = IdempotencyKey.objects.filter(token=token, key=key).first()
+        if stored is not None:
+            if stored.fingerprint != fingerprint:
+                raise IdempotencyKeyReused(field="Idempotency-Key")
+            return stored.status, stored.body, True
+        status, body = run()
+        IdempotencyKey.objects.create(token=token, key=key, fingerprint=fingerprint, status=status, body=body)
+        return status, body, False
+
+
+def idempotency_keys_prune(*, older_than_hours: float = 24) -> int:
+    cutoff = timezone.now() - datetime.timedelta(hours=older_than_hours)
+    with transaction.atomic():
+        return IdempotencyKey.objects.filter(created_at__lt=cutoff).delete()[0]
 
 
 def token_create(*, name: str, scope: str) -> str:

@@ -16,7 +16,7 @@ EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 SEED = os.environ.get("FUZZ_SEED", "20261128")
 
 
-def test_fuzzed_requests_get_only_documented_answers_and_never_a_5xx(server):
+def test_fuzzed_requests_get_only_documented_answers_and_never_a_5xx(server, tmp_path):
     result = subprocess.run(
         [
             str(SCHEMATHESIS),
@@ -39,6 +39,7 @@ def test_fuzzed_requests_get_only_documented_answers_and_never_a_5xx(server):
             "2",
             "--no-color",
         ],
+        cwd=tmp_path,  # schemathesis keeps its example database in the working folder
         capture_output=True,
         text=True,
         check=False,
