@@ -185,6 +185,11 @@ def write_responses(success: dict) -> dict:
     return {**read_responses(success), 400: Error, 403: Error, 413: Error, 415: Error}
 
 
+def idempotent_write_responses(success: dict) -> dict:
+    """A write taking an Idempotency-Key: 409 while its first use runs, 422 on reuse."""
+    return {**write_responses(success), 409: Error, 422: Error}
+
+
 PROMETHEUS_TEXT = {
     "responses": {
         200: {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}},
@@ -331,7 +336,8 @@ IDEMPOTENCY_HEADER = {
             "in": "header",
             "required": False,
             "description": "A repeat with the same key and request gets the first answer back, "
-            "with Idempotent-Replayed: true, and changes nothing. 1..255 visible ASCII characters.",
+            "with Idempotent-Replayed: true, and changes nothing; the key with another request is a 422, "
+            "and a repeat while the first is still running a 409. 1..255 visible ASCII characters.",
             "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
         }
     ]
@@ -386,7 +392,7 @@ def _fingerprint(request) -> str:
 
 @api.post(
     "/items",
-    response=write_responses({201: ItemOut}),
+    response=idempotent_write_responses({201: ItemOut}),
     openapi_extra=IDEMPOTENCY_HEADER,
     summary="Create an item",
 )
@@ -413,7 +419,7 @@ def get_item(request, item_id: uuid.UUID):
 
 @api.patch(
     "/items/{uuid:item_id}",
-    response=write_responses({200: ItemOut}),
+    response=idempotent_write_responses({200: ItemOut}),
     openapi_extra=IDEMPOTENCY_HEADER,
     summary="Rename an item",
 )
@@ -434,7 +440,7 @@ def delete_item(request, item_id: uuid.UUID):
 
 @api.patch(
     "/items/{uuid:item_id}/qty",
-    response=write_responses({200: ItemOut, 409: Error}),
+    response=idempotent_write_responses({200: ItemOut}),
     openapi_extra=IDEMPOTENCY_HEADER,
     summary="Change an item's qty by a signed delta",
 )
@@ -453,7 +459,7 @@ def adjust_qty(request, item_id: uuid.UUID, payload: DeltaIn):
 
 @api.post(
     "/adjustments",
-    response=write_responses({200: ItemList, 409: Error}),
+    response=idempotent_write_responses({200: ItemList}),
     openapi_extra=IDEMPOTENCY_HEADER,
     summary="Apply several changes of qty in one transaction: all or none",
 )
