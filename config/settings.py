@@ -60,9 +60,10 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "inventory.middleware.request_id",
     "inventory.middleware.access_log",
-    "inventory.middleware.json_errors",
+    # Outside json_errors, so that the JSON errors it makes get the security headers too.
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "inventory.middleware.json_errors",
     "whitenoise.middleware.WhiteNoiseMiddleware",
 ]
 

@@ -1,3 +1,4 @@
+from django.core.exceptions import DisallowedHost
 from django.http import JsonResponse
 from django.urls import path, re_path
 
@@ -14,4 +15,13 @@ urlpatterns = [
     re_path(r"", not_found, name="not_found"),
 ]
 
+
+def bad_request(request, exception=None):
+    """A 400 raised outside the views, e.g. by SecurityMiddleware's HTTPS redirect, which asks
+    for the host before json_errors can: a disallowed one is refused there."""
+    message = "host not allowed" if isinstance(exception, DisallowedHost) else "bad_request"
+    return JsonResponse({"error": message}, status=400)
+
+
+handler400 = bad_request
 handler404 = not_found
