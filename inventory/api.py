@@ -433,8 +433,10 @@ def rename_item(request, item_id: uuid.UUID, payload: RenameIn):
     "/items/{uuid:item_id}", response=write_responses({204: None}), summary="Delete an item (idempotent)"
 )
 def delete_item(request, item_id: uuid.UUID):
+    removed = services.item_delete(item_id=item_id, request_id=request.request_id)
     request.log_fields = {"item_id": str(item_id)}
-    services.item_delete(item_id=item_id, request_id=request.request_id)
+    if removed is not None:  # a delete of what is already gone changes no stock
+        request.log_fields["delta"] = -removed
     return Status(204, None)
 
 

@@ -84,12 +84,15 @@ def item_rename(*, item_id: uuid.UUID, name: object) -> Item | None:
     return item
 
 
-def item_delete(*, item_id: uuid.UUID, request_id: str = "") -> None:
+def item_delete(*, item_id: uuid.UUID, request_id: str = "") -> int | None:
+    """Delete the item; returns the qty it removed, or None when there was no such item."""
     with transaction.atomic():
         item = Item.objects.select_for_update().filter(pk=item_id).first()
-        if item is not None:
-            item.delete()
-            _record(item_id, Movement.DELETE, -item.qty, 0, None, request_id)
+        if item is None:
+            return None
+        item.delete()
+        _record(item_id, Movement.DELETE, -item.qty, 0, None, request_id)
+    return item.qty
 
 
 def _guarded_add(item_id: uuid.UUID, delta: int, expected_qty: int | None) -> bool:

@@ -184,6 +184,7 @@ LOGGED = {
     "no token": (None, "GET", "/items", None, "/items", 401, None, None),
     "unknown route": ("write", "GET", "/no/such/route", None, "(unmatched)", 404, None, None),
     "id not a uuid": ("write", "GET", "/items/not-a-uuid", None, "(unmatched)", 404, None, None),
+    "delete": ("write", "DELETE", "/items/{id}", None, ITEM, 204, "test writer", -5),
 }
 
 

@@ -57,8 +57,15 @@ def test_item_rename_refuses_blank_before_looking_up():
 
 def test_item_delete_of_unknown_item_is_a_no_op():
     services.item_create(name="apple", qty=1)
-    services.item_delete(item_id=uuid.uuid4())
+    assert services.item_delete(item_id=uuid.uuid4()) is None
     assert rows() == [("apple", 1)]
+
+
+def test_item_delete_returns_the_qty_it_removed_once():
+    item = services.item_create(name="apple", qty=7)
+    assert services.item_delete(item_id=item.id) == 7
+    assert services.item_delete(item_id=item.id) is None
+    assert rows() == []
 
 
 def test_qty_adjust_returns_none_for_unknown_item():
