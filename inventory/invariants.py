@@ -73,24 +73,29 @@ def check_reason(value: object) -> str | None:
 
 
 def check_changes(changes: list[dict]) -> list[dict]:
-    """A batch: 1..1000 changes {id, delta, expected_qty?}, each id once."""
+    """A batch: 1..1000 changes {id, delta, expected_qty?}, each id once. An error names the
+    change as its position and its id: field "changes.<position>.<field>"."""
     if not 1 <= len(changes) <= BATCH_MAX_CHANGES:
         raise InvalidInput(f"changes must hold 1 to {BATCH_MAX_CHANGES} changes", field="changes")
     seen = set()
     checked = []
-    for change in changes:
-        if change["id"] in seen:
+    for position, change in enumerate(changes):
+        item_id = change["id"]
+        if item_id in seen:
             # Two lines for one item would be checked against the same stock.
-            raise InvalidInput(f"item {change['id']} appears more than once", field="changes")
-        seen.add(change["id"])
+            raise InvalidInput(
+                f"item {item_id} appears more than once", field=f"changes.{position}.id", item_id=item_id
+            )
+        seen.add(item_id)
         expected = change.get("expected_qty")
-        checked.append(
-            {
-                "id": change["id"],
-                "delta": check_delta(change["delta"]),
-                "expected_qty": None if expected is None else check_qty(expected, "expected_qty"),
-            }
-        )
+        try:
+            delta = check_delta(change["delta"])
+            expected = None if expected is None else check_qty(expected, "expected_qty")
+        except InvalidInput as error:
+            raise InvalidInput(
+                error.message, field=f"changes.{position}.{error.field}", item_id=item_id
+            ) from None
+        checked.append({"id": item_id, "delta": delta, "expected_qty": expected})
     return checked
 
 

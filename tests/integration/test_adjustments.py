@@ -94,23 +94,23 @@ def test_a_batch_with_one_failing_change_applies_none(api, failure, position):
 
 # Each batch has a valid change of "a" first, so a partly applied batch would show.
 INVALID = {
-    "repeated-id": ([{"id": "{a}", "delta": 1}], {}, "changes"),
-    "repeated-id-upper-case": ([{"id": "{A}", "delta": 1}], {}, "changes"),
+    "repeated-id": ([{"id": "{a}", "delta": 1}], {}, "changes.1.id"),
+    "repeated-id-upper-case": ([{"id": "{A}", "delta": 1}], {}, "changes.1.id"),
     "unknown-batch-field": ([], {"note": "x"}, "note"),
-    "unknown-change-field": ([{"id": "{b}", "delta": 1, "qty": 3}], {}, "qty"),
-    "missing-delta": ([{"id": "{b}"}], {}, "delta"),
-    "missing-id": ([{"delta": 1}], {}, "id"),
-    "id-not-a-uuid": ([{"id": "apple", "delta": 1}], {}, "id"),
-    "id-a-number": ([{"id": 5, "delta": 1}], {}, "id"),
-    "delta-true": ([{"id": "{b}", "delta": True}], {}, "delta"),
-    "delta-float": ([{"id": "{b}", "delta": 5.0}], {}, "delta"),
-    "delta-string": ([{"id": "{b}", "delta": "5"}], {}, "delta"),
-    "delta-null": ([{"id": "{b}", "delta": None}], {}, "delta"),
-    "delta-2**63": ([{"id": "{b}", "delta": 2**63}], {}, "delta"),
-    "delta--2**63": ([{"id": "{b}", "delta": -(2**63)}], {}, "delta"),
-    "expected-qty-negative": ([{"id": "{b}", "delta": 1, "expected_qty": -1}], {}, "expected_qty"),
-    "expected-qty-true": ([{"id": "{b}", "delta": 1, "expected_qty": True}], {}, "expected_qty"),
-    "expected-qty-2**63": ([{"id": "{b}", "delta": 1, "expected_qty": 2**63}], {}, "expected_qty"),
+    "unknown-change-field": ([{"id": "{b}", "delta": 1, "qty": 3}], {}, "changes.1.qty"),
+    "missing-delta": ([{"id": "{b}"}], {}, "changes.1.delta"),
+    "missing-id": ([{"delta": 1}], {}, "changes.1.id"),
+    "id-not-a-uuid": ([{"id": "apple", "delta": 1}], {}, "changes.1.id"),
+    "id-a-number": ([{"id": 5, "delta": 1}], {}, "changes.1.id"),
+    "delta-true": ([{"id": "{b}", "delta": True}], {}, "changes.1.delta"),
+    "delta-float": ([{"id": "{b}", "delta": 5.0}], {}, "changes.1.delta"),
+    "delta-string": ([{"id": "{b}", "delta": "5"}], {}, "changes.1.delta"),
+    "delta-null": ([{"id": "{b}", "delta": None}], {}, "changes.1.delta"),
+    "delta-2**63": ([{"id": "{b}", "delta": 2**63}], {}, "changes.1.delta"),
+    "delta--2**63": ([{"id": "{b}", "delta": -(2**63)}], {}, "changes.1.delta"),
+    "expected-qty-negative": ([{"id": "{b}", "delta": 1, "expected_qty": -1}], {}, "changes.1.expected_qty"),
+    "expected-qty-true": ([{"id": "{b}", "delta": 1, "expected_qty": True}], {}, "changes.1.expected_qty"),
+    "expected-qty-2**63": ([{"id": "{b}", "delta": 1, "expected_qty": 2**63}], {}, "changes.1.expected_qty"),
     "reason-501-chars": ([], {"reason": "r" * 501}, "reason"),
     "reason-nul": ([], {"reason": "a\x00b"}, "reason"),
     "reason-bell": ([], {"reason": "bell\x07"}, "reason"),
@@ -134,7 +134,7 @@ def test_an_invalid_batch_is_refused_and_applies_nothing(api, case):
     assert response.status_code == 400
     body = response.json()
     assert isinstance(body["error"], str)
-    assert body["field"].rpartition(".")[2] == field
+    assert body["field"] == field
     assert state() == before
 
 
@@ -212,4 +212,26 @@ def test_a_read_token_cannot_post_a_batch(api, client, read_token):
 
     assert response.status_code == 403
     assert "error" in response.json()
+    assert state() == before
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"delta": 2**63}, "changes.1.delta"),
+        ({"delta": 1, "expected_qty": -1}, "changes.1.expected_qty"),
+        ({"delta": 1, "id": "{a}"}, "changes.1.id"),
+    ],
+    ids=["delta-out-of-range", "expected-qty-out-of-range", "repeated-id"],
+)
+def test_a_refused_change_is_named_by_its_position_and_its_id(api, change, field):
+    a, b = api.create("a", 5)["id"], api.create("b", 5)["id"]
+    second = {"id": b, **change}
+    second["id"] = a if second["id"] == "{a}" else second["id"]
+    before = state()
+
+    response = api.post("/adjustments", {"changes": [{"id": a, "delta": 1}, second]})
+
+    assert response.status_code == 400
+    assert (response.json()["field"], response.json()["id"]) == (field, second["id"])
     assert state() == before
