@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import F
+from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
 from inventory import auth, invariants, metrics
@@ -95,9 +96,10 @@ def item_delete(*, item_id: uuid.UUID, request_id: str = "") -> int | None:
     return item.qty
 
 
-def _guarded_add(item_id: uuid.UUID, delta: int, expected_qty: int | None) -> bool:
+def _guarded_add(item_id: uuid.UUID, delta: int, expected_qty: int | None) -> Item | None:
     """qty += delta in one UPDATE whose guard keeps qty in [0, QTY_MAX] (and, for a
-    compare-and-set, requires qty == expected_qty).
+    compare-and-set, requires qty == expected_qty). Returns the item as updated, or None
+    when the guard refused or the item does not exist.
 
     The bound is written so that no intermediate value leaves the 64-bit range:
     SQLite would turn an overflowing sum into a REAL and PostgreSQL would raise.
@@ -108,12 +110,24 @@ def _guarded_add(item_id: uuid.UUID, delta: int, expected_qty: int | None) -> bo
         guard = {"qty__lte": invariants.QTY_MAX - delta}
     if expected_qty is not None:
         guard["qty"] = expected_qty
-    return Item.objects.filter(pk=item_id, **guard).update(qty=F("qty") + delta) == 1
+    guarded = Item.objects.filter(pk=item_id, **guard)
+    # QuerySet.update() cannot return the new row, which would cost a second query; the
+    # ORM compiles the same UPDATE and RETURNING (SQLite 3.35+, PostgreSQL) is added to it.
+    update = guarded.query.chain(UpdateQuery)
+    update.add_update_values({"qty": F("qty") + delta})
+    sql, params = update.get_compiler(connection=connection).as_sql()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"{sql} RETURNING {connection.ops.quote_name('name')}, {connection.ops.quote_name('qty')}", params
+        )
+        row = cursor.fetchone()
+    return None if row is None else Item(id=item_id, name=row[0], qty=row[1])
 
 
 def _adjust(item_id: uuid.UUID, delta: int, expected_qty: int | None, reason, request_id) -> Item | None:
     """The quantity transition, inside the caller's transaction."""
-    if not _guarded_add(item_id, delta, expected_qty):
+    item = _guarded_add(item_id, delta, expected_qty)
+    if item is None:
         # Refused or missing. Lock the row so the reason we give is the true one:
         # another writer may have moved qty since the guard ran.
         current = Item.objects.select_for_update().filter(pk=item_id).values_list("qty", flat=True).first()
@@ -123,8 +137,7 @@ def _adjust(item_id: uuid.UUID, delta: int, expected_qty: int | None, reason, re
             raise StaleQty(qty=current, item_id=item_id)
         invariants.apply_delta(current, delta)  # raises the reason it is refused
         # qty moved in between and the delta now fits; the row is locked, so this applies.
-        _guarded_add(item_id, delta, expected_qty)
-    item = Item.objects.get(pk=item_id)
+        item = _guarded_add(item_id, delta, expected_qty)
     _record(item_id, Movement.ADJUST, delta, item.qty, reason, request_id)
     return item
 

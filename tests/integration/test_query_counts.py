@@ -1,0 +1,126 @@
+"""The statements each endpoint sends to the database: no query that can be avoided.
+
+A read is one query plus the token check; a change of qty is one guarded UPDATE plus its
+ledger row. Transaction control (BEGIN, SAVEPOINT, COMMIT) is left out of the count."""
+
+import json
+import re
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from inventory.models import IdempotencyKey, Item, Movement, Token
+
+pytestmark = pytest.mark.django_db
+
+TABLES = {
+    Item._meta.db_table: "item",
+    Movement._meta.db_table: "movement",
+    Token._meta.db_table: "token",
+    IdempotencyKey._meta.db_table: "idempotency key",
+}
+TRANSACTION_CONTROL = re.compile(
+    r"^(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE SAVEPOINT|ROLLBACK TO SAVEPOINT)\b"
+)
+
+
+def statements(captured: CaptureQueriesContext) -> list[str]:
+    """Each statement as "<verb> <table>", e.g. "UPDATE item"."""
+    shown = []
+    for query in captured.captured_queries:
+        sql = query["sql"].strip()
+        if TRANSACTION_CONTROL.match(sql.upper()):
+            continue
+        verb = sql.split()[0].upper()
+        table = re.search(r'(?:FROM|INTO|UPDATE)\s+"?(\w+)"?', sql, re.IGNORECASE)
+        # A statement on no table is named by what it calls, e.g. "SELECT pg_try_advisory_xact_lock".
+        subject = TABLES[table.group(1)] if table else re.findall(r"\w+", sql)[1]
+        shown.append(f"{verb} {subject}")
+    return shown
+
+
+@pytest.fixture
+def apple(api) -> dict:
+    return api.create("apple", 5)
+
+
+# name -> (method, path, body, status, statements).
+ENDPOINTS = {
+    "create": (
+        "POST",
+        "/items",
+        {"name": "pear", "qty": 2},
+        201,
+        ["SELECT token", "INSERT item", "INSERT movement"],
+    ),
+    "list": ("GET", "/items", None, 200, ["SELECT token", "SELECT item"]),
+    "get": ("GET", "/items/{id}", None, 200, ["SELECT token", "SELECT item"]),
+    "get missing": (
+        "GET",
+        "/items/00000000-0000-4000-8000-000000000000",
+        None,
+        404,
+        ["SELECT token", "SELECT item"],
+    ),
+    "delta": (
+        "PATCH",
+        "/items/{id}/qty",
+        {"delta": -2},
+        200,
+        ["SELECT token", "UPDATE item", "INSERT movement"],
+    ),
+    "compare-and-set": (
+        "PATCH",
+        "/items/{id}/qty",
+        {"delta": 1, "expected_qty": 5},
+        200,
+        ["SELECT token", "UPDATE item", "INSERT movement"],
+    ),
+    "batch of one": (
+        "POST",
+        "/adjustments",
+        {"changes": [{"id": "{id}", "delta": 1}]},
+        200,
+        ["SELECT token", "UPDATE item", "INSERT movement"],
+    ),
+    "delete": (
+        "DELETE",
+        "/items/{id}",
+        None,
+        204,
+        ["SELECT token", "SELECT item", "DELETE item", "INSERT movement"],
+    ),
+    "movements": ("GET", "/items/{id}/movements", None, 200, ["SELECT token", "SELECT movement"]),
+}
+
+
+@pytest.mark.parametrize("name", ENDPOINTS)
+def test_each_endpoint_sends_only_the_statements_it_needs(api, apple, name):
+    method, path, body, status, expected = ENDPOINTS[name]
+
+    if body is not None:
+        body = json.loads(json.dumps(body).replace("{id}", apple["id"]))
+
+    with CaptureQueriesContext(connection) as captured:
+        response = api.request(method, path.replace("{id}", apple["id"]), body)
+
+    assert response.status_code == status, response.content
+    assert statements(captured) == expected
+
+
+def test_a_delta_with_an_idempotency_key_also_claims_and_stores_the_key(api, apple):
+    with CaptureQueriesContext(connection) as captured:
+        response = api.patch(f"/items/{apple['id']}/qty", {"delta": 1}, Idempotency_Key="k-1")
+
+    # On PostgreSQL a transaction-scoped advisory lock tells a concurrent repeat apart.
+    lock = ["SELECT pg_try_advisory_xact_lock"] if connection.vendor == "postgresql" else []
+    assert response.status_code == 200
+    assert statements(captured) == [
+        "SELECT token",
+        *lock,
+        "SELECT idempotency key",
+        "UPDATE item",
+        "INSERT movement",
+        "INSERT idempotency key",
+    ]
