@@ -100,6 +100,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL",
     }
 
+# How long a process trusts a token it found active before asking the database again: the
+# most a revocation takes to reach every process. 0 asks on every request.
+TOKEN_CACHE_SECONDS = float(os.environ.get("TOKEN_CACHE_SECONDS", "2"))
+
 USE_TZ = True
 TIME_ZONE = "UTC"
 USE_I18N = False

@@ -8,7 +8,9 @@ hash is enough: there is nothing to guess that a slow one would protect.
 import hashlib
 import hmac
 import secrets
+import time
 
+from django.conf import settings
 from ninja.errors import AuthorizationError
 from ninja.security import HttpBearer
 
@@ -28,15 +30,33 @@ def new_token() -> tuple[str, str, str]:
     return f"{PREFIX}{key}.{secret}", key, digest(secret)
 
 
+# Tokens found active, by key: (trusted until, token). Each process asks the database again
+# after TOKEN_CACHE_SECONDS, so a revocation reaches every process within that time; in the
+# process that revokes, at once. Unknown keys are never remembered, so a new token works at once.
+_found: dict[str, tuple[float, Token]] = {}
+
+
 def token_for(presented: str) -> Token | None:
     """The active token that `presented` is, or None."""
     key, dot, secret = presented.removeprefix(PREFIX).partition(".")
     if not presented.startswith(PREFIX) or not dot or not key.isalnum() or len(key) > 32:
         return None
-    token = Token.objects.filter(key=key, revoked_at__isnull=True).first()
-    if token is None or not hmac.compare_digest(token.digest, digest(secret)):
+    now = time.monotonic()
+    trusted_until, token = _found.get(key, (0.0, None))
+    if now >= trusted_until:
+        token = Token.objects.filter(key=key, revoked_at__isnull=True).first()
+        if token is None:
+            _found.pop(key, None)
+            return None
+        _found[key] = (now + settings.TOKEN_CACHE_SECONDS, token)
+    if not hmac.compare_digest(token.digest, digest(secret)):
         return None
     return token
+
+
+def forget(key: str) -> None:
+    """Stop trusting a token in this process (it was revoked here)."""
+    _found.pop(key, None)
 
 
 class BearerToken(HttpBearer):

@@ -225,4 +225,10 @@ def token_create(*, name: str, scope: str) -> str:
 def token_revoke(*, name: str) -> bool:
     """Revoke the active token with this name; False if there is none."""
     with transaction.atomic():
-        return Token.objects.filter(name=name, revoked_at__isnull=True).update(revoked_at=timezone.now()) == 1
+        token = Token.objects.select_for_update().filter(name=name, revoked_at__isnull=True).first()
+        if token is None:
+            return False
+        token.revoked_at = timezone.now()
+        token.save(update_fields=["revoked_at"])
+    auth.forget(token.key)
+    return True

@@ -4,6 +4,7 @@ one JSON log line per request, readiness that follows the database."""
 import http.client
 import json
 import os
+import time
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -90,3 +91,28 @@ def test_readiness_fails_when_the_database_is_gone(server, database_url):
     assert status == 503
     assert body["error"] == "not_ready"
     assert server.client.request("GET", "/healthz") == (200, {"status": "ok"})
+
+
+def test_a_revoked_token_is_refused_by_every_worker_within_the_token_cache_time(server):
+    # Every worker has found the token active and trusts it for TOKEN_CACHE_SECONDS (2).
+    reader = server.manage("token", "create", "soon revoked", "--scope", "read").strip()
+    headers = {"Authorization": f"Bearer {reader}"}
+    warm = parallel(
+        8, lambda i: [server.client.request("GET", "/items", headers=headers)[0] for _ in range(25)]
+    )
+    assert {status for batch in warm for status in batch} == {200}
+
+    server.manage("token", "revoke", "soon revoked")
+    revoked_at = time.monotonic()
+    last_accepted = revoked_at
+    while time.monotonic() < revoked_at + 4:
+        statuses = parallel(8, lambda i: server.client.request("GET", "/items", headers=headers)[0])
+        assert set(statuses) <= {200, 401}
+        if 200 in statuses:
+            last_accepted = time.monotonic()
+
+    assert last_accepted - revoked_at < 2 + 0.5
+    refused = parallel(
+        8, lambda i: [server.client.request("GET", "/items", headers=headers)[0] for _ in range(10)]
+    )
+    assert {status for batch in refused for status in batch} == {401}

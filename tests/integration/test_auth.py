@@ -295,3 +295,45 @@ def test_a_cross_site_form_post_is_415_even_with_a_write_token(api, apple, conte
     assert response.status_code == 415
     assert isinstance(response.json()["error"], str)
     assert stored_state() == before
+
+
+class Clock:
+    """time.monotonic for inventory.auth, moved by hand."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_a_token_revoked_by_another_process_is_refused_once_the_cache_time_has_passed(
+    client, apple, monkeypatch, settings
+):
+    settings.TOKEN_CACHE_SECONDS = 2
+    clock = Clock()
+    monkeypatch.setattr("inventory.auth.time.monotonic", clock)
+    token = services.token_create(name="cached", scope="read")
+    api = Api(client, token)
+    assert api.get("/items").status_code == 200
+
+    # Another process revokes it: this one is not told, and trusts it for 2 seconds more.
+    Token.objects.filter(name="cached").update(revoked_at="2026-01-01T00:00:00Z")
+    clock.now += 1.9
+    trusted = api.get("/items").status_code
+    clock.now += 0.2
+    refused = api.get("/items")
+
+    assert trusted == 200
+    assert_unauthorized(refused)
+    assert_unauthorized(api.get("/items"))
+
+
+def test_a_token_revoked_in_this_process_is_refused_at_once(client, apple):
+    token = services.token_create(name="cached", scope="write")
+    api = Api(client, token)
+    assert api.get("/items").status_code == 200
+
+    assert services.token_revoke(name="cached")
+
+    assert_unauthorized(api.get("/items"))
