@@ -51,11 +51,20 @@ def retry_on_conflict(service: Callable) -> Callable:
     return wrapper
 
 
-def _record(item_id, kind: str, delta: int, qty_after: int, reason: str | None, request_id: str) -> None:
-    Movement.objects.create(
+def _record(*movements: Movement) -> None:
+    """Write movements, each kind=..., delta=..., qty_after=..., in one INSERT."""
+    Movement.objects.bulk_create(movements)
+    for kind in {movement.kind for movement in movements}:
+        count = sum(movement.kind == kind for movement in movements)
+        transaction.on_commit(functools.partial(metrics.QTY_TRANSITIONS.labels(kind).inc, count))
+
+
+def _movement(
+    item_id, kind: str, delta: int, qty_after: int, reason: str | None, request_id: str
+) -> Movement:
+    return Movement(
         item_id=item_id, kind=kind, delta=delta, qty_after=qty_after, reason=reason, request_id=request_id
     )
-    transaction.on_commit(metrics.QTY_TRANSITIONS.labels(kind).inc)
 
 
 def item_create(*, name: object, qty: object, request_id: str = "") -> Item:
@@ -63,7 +72,7 @@ def item_create(*, name: object, qty: object, request_id: str = "") -> Item:
     try:
         with transaction.atomic():
             item.save(force_insert=True)
-            _record(item.id, Movement.CREATE, item.qty, item.qty, None, request_id)
+            _record(_movement(item.id, Movement.CREATE, item.qty, item.qty, None, request_id))
     except IntegrityError as exc:
         # The invariants passed, so the constraint that failed is the unique name:
         # a racing create of the same name won.
@@ -92,8 +101,28 @@ def item_delete(*, item_id: uuid.UUID, request_id: str = "") -> int | None:
         if item is None:
             return None
         item.delete()
-        _record(item_id, Movement.DELETE, -item.qty, 0, None, request_id)
+        _record(_movement(item_id, Movement.DELETE, -item.qty, 0, None, request_id))
     return item.qty
+
+
+@functools.cache
+def _guarded_update(vendor: str, lower_bound: bool, compare: bool) -> tuple[str, tuple[str, ...]]:
+    """The guarded UPDATE ... RETURNING of one shape as SQL, and the names of its parameters
+    in order. The ORM compiles it with F("qty") once per process and shape: compiling it
+    again on every request cost more than running it. QuerySet.update() cannot return the
+    new row, so RETURNING (SQLite 3.35+, PostgreSQL) is added to the compiled statement."""
+    marks = {"delta": 1_000_001, "bound": 1_000_002, "expected_qty": 1_000_003}
+    item_id = uuid.UUID(int=1_000_004)
+    guard = {"qty__gte" if lower_bound else "qty__lte": marks["bound"]}
+    if compare:
+        guard["qty"] = marks["expected_qty"]
+    update = Item.objects.filter(pk=item_id, **guard).query.chain(UpdateQuery)
+    update.add_update_values({"qty": F("qty") + marks["delta"]})
+    sql, params = update.get_compiler(connection=connection).as_sql()
+    names = {value: name for name, value in marks.items()}
+    names[Item._meta.pk.get_db_prep_value(item_id, connection)] = "id"
+    quote = connection.ops.quote_name
+    return f"{sql} RETURNING {quote('name')}, {quote('qty')}", tuple(names[value] for value in params)
 
 
 def _guarded_add(item_id: uuid.UUID, delta: int, expected_qty: int | None) -> Item | None:
@@ -104,28 +133,21 @@ def _guarded_add(item_id: uuid.UUID, delta: int, expected_qty: int | None) -> It
     The bound is written so that no intermediate value leaves the 64-bit range:
     SQLite would turn an overflowing sum into a REAL and PostgreSQL would raise.
     """
-    if delta < 0:
-        guard = {"qty__gte": -delta}
-    else:
-        guard = {"qty__lte": invariants.QTY_MAX - delta}
-    if expected_qty is not None:
-        guard["qty"] = expected_qty
-    guarded = Item.objects.filter(pk=item_id, **guard)
-    # QuerySet.update() cannot return the new row, which would cost a second query; the
-    # ORM compiles the same UPDATE and RETURNING (SQLite 3.35+, PostgreSQL) is added to it.
-    update = guarded.query.chain(UpdateQuery)
-    update.add_update_values({"qty": F("qty") + delta})
-    sql, params = update.get_compiler(connection=connection).as_sql()
+    sql, order = _guarded_update(connection.vendor, delta < 0, expected_qty is not None)
+    values = {
+        "delta": delta,
+        "bound": -delta if delta < 0 else invariants.QTY_MAX - delta,
+        "expected_qty": expected_qty,
+        "id": Item._meta.pk.get_db_prep_value(item_id, connection),
+    }
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"{sql} RETURNING {connection.ops.quote_name('name')}, {connection.ops.quote_name('qty')}", params
-        )
+        cursor.execute(sql, [values[name] for name in order])
         row = cursor.fetchone()
     return None if row is None else Item(id=item_id, name=row[0], qty=row[1])
 
 
-def _adjust(item_id: uuid.UUID, delta: int, expected_qty: int | None, reason, request_id) -> Item | None:
-    """The quantity transition, inside the caller's transaction."""
+def _adjust(item_id: uuid.UUID, delta: int, expected_qty: int | None) -> Item | None:
+    """The quantity transition, inside the caller's transaction, which records its movement."""
     item = _guarded_add(item_id, delta, expected_qty)
     if item is None:
         # Refused or missing. Lock the row so the reason we give is the true one:
@@ -138,7 +160,6 @@ def _adjust(item_id: uuid.UUID, delta: int, expected_qty: int | None, reason, re
         invariants.apply_delta(current, delta)  # raises the reason it is refused
         # qty moved in between and the delta now fits; the row is locked, so this applies.
         item = _guarded_add(item_id, delta, expected_qty)
-    _record(item_id, Movement.ADJUST, delta, item.qty, reason, request_id)
     return item
 
 
@@ -155,7 +176,10 @@ def qty_adjust(
     expected_qty = None if expected_qty is None else invariants.check_qty(expected_qty, "expected_qty")
     reason = invariants.check_reason(reason)
     with transaction.atomic():
-        return _adjust(item_id, delta, expected_qty, reason, request_id)
+        item = _adjust(item_id, delta, expected_qty)
+        if item is not None:
+            _record(_movement(item_id, Movement.ADJUST, delta, item.qty, reason, request_id))
+    return item
 
 
 @retry_on_conflict
@@ -168,13 +192,20 @@ def adjustment_apply(*, changes: list[dict], reason: object = None, request_id: 
         applied = {}
         for change in sorted(changes, key=lambda c: c["id"]):
             try:
-                item = _adjust(change["id"], change["delta"], change["expected_qty"], reason, request_id)
+                item = _adjust(change["id"], change["delta"], change["expected_qty"])
             except InventoryError as exc:
                 exc.item_id = change["id"]  # which line; raising rolls back the lines before it
                 raise
             if item is None:
                 raise ItemNotFound(field="changes", item_id=change["id"])
             applied[change["id"]] = item
+        movements = [
+            _movement(
+                change["id"], Movement.ADJUST, change["delta"], applied[change["id"]].qty, reason, request_id
+            )
+            for change in changes
+        ]
+        _record(*movements)
     return [applied[change["id"]] for change in changes]
 
 

@@ -136,3 +136,14 @@ def test_a_token_is_looked_up_on_its_first_use_in_a_process(client, apple):
 
     assert response.status_code == 200
     assert statements(captured) == ["SELECT token", "SELECT item"]
+
+
+def test_a_batch_updates_each_item_and_writes_every_movement_in_one_insert(api, apple):
+    pear = api.create("pear", 5)
+    changes = [{"id": apple["id"], "delta": -1}, {"id": pear["id"], "delta": 2}]
+
+    with CaptureQueriesContext(connection) as captured:
+        response = api.post("/adjustments", {"changes": changes})
+
+    assert response.status_code == 200
+    assert statements(captured) == ["UPDATE item", "UPDATE item", "INSERT movement"]
