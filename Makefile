@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: run test test-sqlite test-postgres serve lint format
+.PHONY: run test test-sqlite test-postgres serve lint format bench
 
 # A virtualenv with the service's pinned dependencies (and, for tests, the dev ones).
 $(BIN)/python:
@@ -56,8 +56,15 @@ format: $(VENV)/.dev-deps
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# Production: gunicorn with several worker processes (config/gunicorn.conf.py). Needs
+# Production: granian with WEB_CONCURRENCY worker processes (config/serve.py). Needs
 # SECRET_KEY; makes no token (manage.py token create NAME --scope read|write).
 serve: $(VENV)/.deps
 	$(BIN)/python manage.py migrate --noinput
-	exec $(BIN)/gunicorn config.wsgi -c config/gunicorn.conf.py
+	exec $(BIN)/python -m config.serve
+
+# Benchmarks: wrk against `make serve` on SQLite, then on a throwaway PostgreSQL; the report
+# and plots go to bench/results/. Phony because bench/ is also a directory. Options pass
+# through ARGS: make bench ARGS=--quick (a smoke run of a few minutes).
+bench: $(VENV)/.deps
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	bench/run $(ARGS)

@@ -1,5 +1,5 @@
-"""Prometheus metrics. Under gunicorn every worker writes its samples to
-PROMETHEUS_MULTIPROC_DIR (set up in config/gunicorn.conf.py), and /metrics adds them up."""
+"""Prometheus metrics. Under `make serve` every worker writes its samples to
+PROMETHEUS_MULTIPROC_DIR (set up in config/serve.py), and /metrics adds them up."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""A real production server (`make serve`: gunicorn, several worker processes) on a fresh
+"""A real production server (`make serve`: granian, several worker processes) on a fresh
 database of the engine under test, and a plain HTTP client for parallel callers."""
 
 import http.client
@@ -75,7 +75,7 @@ class Server:
 
     def start(self) -> None:
         with self.log.open("a") as log:
-            # A session of its own, so that kill() reaches make, gunicorn and every worker.
+            # A session of its own, so that kill() reaches make, the server and every worker.
             self.process = subprocess.Popen(
                 ["make", "--no-print-directory", "-s", "serve"],
                 cwd=ROOT,
