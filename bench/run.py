@@ -372,7 +372,7 @@ def run_engine(args) -> None:
         "database_version": database_version(conn, args.engine),
         "command_line": [sys.executable, *sys.argv],
         "server_command": args.serve_command,
-        "workers": args.workers or "server default (WEB_CONCURRENCY or 4)",
+        "workers": args.workers or "server default (WEB_CONCURRENCY, else one per CPU core)",
         "threads": args.threads or "server default (THREADS or 1)",
         "connections": args.connections,
         "wrk_threads": args.wrk_threads,
