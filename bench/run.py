@@ -385,6 +385,7 @@ def run_engine(args) -> None:
         "samples": samples,
         "verify": {"exit": verified.returncode, "output": (verified.stdout + verified.stderr)[-5000:]},
         "server_log_statuses": log_statuses(log_path),
+        "finished_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
     conn.close()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -418,6 +419,21 @@ def median_of(samples: list[dict], workload: str, connections: int, items: int) 
     return {key: statistics.median(s[key] for s in chosen) for key in keys}
 
 
+def paired_ratio(numerators: dict, denominators: dict) -> float | None:
+    """The median over repeats of numerator / denominator, each pair measured in one repeat:
+    side by side, so that a noisy minute of the machine moves both."""
+    ratios = [numerators[r] / denominators[r] for r in numerators if r in denominators]
+    return statistics.median(ratios) if ratios else None
+
+
+def by_repeat(samples: list[dict], workload: str, connections: int, items: int, key: str) -> dict:
+    return {
+        s["repeat"]: s[key]
+        for s in samples
+        if (s["workload"], s["connections"], s["items"]) == (workload, connections, items)
+    }
+
+
 def machine_info() -> dict:
     cpuinfo = Path("/proc/cpuinfo").read_text()
     model = next(
@@ -433,7 +449,6 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "django": django.get_version(),
         "sqlite": sqlite3.sqlite_version,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -447,6 +462,7 @@ def report() -> None:
         sys.exit("no engine results in bench/results: run bench/run")
     summary = {engine: summarize(raw) for engine, raw in engines.items()}
     machine = machine_info()
+    machine["date"] = max(raw.get("finished_at", "?") for raw in engines.values())
     if "postgres" in engines:
         machine["postgresql"] = engines["postgres"]["database_version"]
     command = os.environ.get("BENCH_COMMAND") or " ".join(next(iter(engines.values()))["command_line"])
@@ -460,17 +476,24 @@ def report() -> None:
 def summarize(raw: dict) -> dict:
     samples, connections, base = raw["samples"], raw["connections"], SIZES[0]
     limit = statistics.median(d["commits_per_s"] for d in raw["db_limit"])
+    limit_by_repeat = {d["repeat"]: d["commits_per_s"] for d in raw["db_limit"]}
+    hot_by_repeat = by_repeat(samples, "hot_row", connections, base, "rps")
     rows = {w: median_of(samples, w, connections, base) for w in WORKLOADS}
-    hot = rows["hot_row"]["rps"]
     for workload, row in rows.items():
         if row:
-            row["ratio"] = row["rps"] / (limit if WORKLOADS[workload][2] == "write" else hot)
+            against = limit_by_repeat if WORKLOADS[workload][2] == "write" else hot_by_repeat
+            row["ratio"] = paired_ratio(by_repeat(samples, workload, connections, base, "rps"), against)
     levels = sorted({s["connections"] for s in samples if s["workload"] in ("hot_row", "get_item")})
     by_level = {w: {c: median_of(samples, w, c, base) for c in levels} for w in ("hot_row", "get_item")}
     pages = {
         size: {w: median_of(samples, w, connections, size) for w in ("first_page", "deep_page")}
         for size in SIZES
     }
+    for size, page in pages.items():
+        page["deep_over_first"] = paired_ratio(
+            by_repeat(samples, "deep_page", connections, size, "p50_ms"),
+            by_repeat(samples, "first_page", connections, size, "p50_ms"),
+        )
     return {
         "db_limit_commits_per_s": limit,
         "workloads": rows,
@@ -490,9 +513,10 @@ def markdown(results: dict) -> str:
             f"{raw['connections']} connections, wrk -t{raw['wrk_threads']}, {raw['duration_s']:g} s per "
             f"measurement after {raw['warmup_s']:g} s warm-up, median of {raw['repeats']}; 10,000 seeded "
             f"items; server `{raw['server_command']}`, workers {raw['workers']}, threads {raw['threads']}. "
-            "Peak RSS is the server's process tree (make, the server, its workers), not the database's.",
+            "Peak RSS is the server's process tree (make, the server, its workers), not the database's. "
+            "A paired ratio is the median over repeats of the two figures measured in the same repeat.",
             "",
-            "| workload | req/s (median) | p50 ms | p99 ms | errors | peak RSS MiB | ratio |",
+            "| workload | req/s (median) | p50 ms | p99 ms | errors | peak RSS MiB | ratio, paired |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for workload, row in summary["workloads"].items():
@@ -519,7 +543,7 @@ def markdown(results: dict) -> str:
             )
         lines += [
             "",
-            "| items (seeded) | first page p50 ms | deep page p50 ms | deep / first |",
+            "| items (seeded) | first page p50 ms | deep page p50 ms | deep / first, paired |",
             "| ---: | ---: | ---: | ---: |",
         ]
         for size, page in summary["page_cost"].items():
@@ -527,7 +551,7 @@ def markdown(results: dict) -> str:
             if first and deep:
                 lines.append(
                     f"| {int(size):,} | {first['p50_ms']:.2f} | {deep['p50_ms']:.2f} | "
-                    f"{deep['p50_ms'] / first['p50_ms']:.2f} |"
+                    f"{page['deep_over_first']:.2f} |"
                 )
         lines += ["", f"`manage.py verify` after the run: exit {raw['verify']['exit']}.", ""]
     lines += [
