@@ -19,7 +19,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI, Query, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
-from pydantic import ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from inventory import metrics, selectors, services
 from inventory.auth import BearerToken
@@ -89,7 +89,7 @@ REASON = {"maxLength": REASON_MAX_LENGTH}
 NAME_RULE = "normalised to NFC and stripped; then 1..200 characters, no control characters, unique"
 
 
-class ItemOut(Schema):
+class ItemOut(BaseModel):
     id: uuid.UUID
     name: str
     qty: int
@@ -135,11 +135,11 @@ class AdjustmentIn(Strict):
     reason: StrictStr | None = Field(None, description="recorded in every movement", json_schema_extra=REASON)
 
 
-class ItemList(Schema):
+class ItemList(BaseModel):
     items: list[ItemOut]
 
 
-class MovementOut(Schema):
+class MovementOut(BaseModel):
     kind: str
     delta: int
     qty_after: int
@@ -148,12 +148,12 @@ class MovementOut(Schema):
     at: datetime.datetime
 
 
-class MovementPage(Schema):
+class MovementPage(BaseModel):
     movements: list[MovementOut]
     next: str | None = Field(description="cursor of the next page, or null on the last")
 
 
-class ItemPage(Schema):
+class ItemPage(BaseModel):
     items: list[ItemOut]
     next: str | None = Field(description="cursor of the next page, or null on the last")
 
@@ -165,14 +165,14 @@ class PageQuery(Schema):
     )
 
 
-class Error(Schema):
+class Error(BaseModel):
     error: str
     field: str | None = None
     qty: int | None = Field(None, description="with 409: the current qty")
     id: uuid.UUID | None = Field(None, description="in a batch: the item whose change was refused")
 
 
-class Health(Schema):
+class Health(BaseModel):
     status: str
 
 
@@ -408,7 +408,7 @@ def create_item(request, payload: ItemIn, response: HttpResponse):
 def list_items(request, query: Query[PageQuery]):
     after = None if query.cursor is None else _decode_name_cursor(query.cursor)
     items, more = selectors.item_list(limit=query.limit, after_name=after)
-    return {"items": [_item(i) for i in items], "next": _encode_cursor(items[-1].name) if more else None}
+    return {"items": items, "next": _encode_cursor(items[-1]["name"]) if more else None}
 
 
 @api.get("/items/{uuid:item_id}", response=read_responses({200: ItemOut}), summary="Get an item")
