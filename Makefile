@@ -67,4 +67,4 @@ serve: $(VENV)/.deps
 # through ARGS: make bench ARGS=--quick (a smoke run of a few minutes).
 bench: $(VENV)/.deps
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
-	bench/run $(ARGS)
+	BENCH_COMMAND="make bench$(if $(ARGS), ARGS='$(ARGS)')" bench/run $(ARGS)

@@ -4,6 +4,7 @@ and GET /items/<id> at 32 connections, candidates taking turns in every repeat; 
     .venv/bin/python bench/servers.py [--repeats 3] [--duration 10] ["NAME=COMMAND" ...]
 
 Writes bench/results/servers.md. Every candidate gets the environment `make serve` gets.
+Needs wrk and bench/requirements.txt, which `make bench` installs.
 """
 
 import argparse
