@@ -285,7 +285,7 @@ def run_wrk(script: str, connections: int, duration: float, env: dict, args, ser
 
 
 def encode_cursor(name: str) -> str:
-    """The API's own cursor (inventory.api._encode_cursor): base64url of {"after": name}."""
+    """The API's own cursor (inventory.http.cursors.encode): base64url of {"after": name}."""
     return base64.urlsafe_b64encode(json.dumps({"after": name}).encode()).rstrip(b"=").decode()
 
 

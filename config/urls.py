@@ -2,7 +2,7 @@ from django.core.exceptions import DisallowedHost
 from django.http import JsonResponse
 from django.urls import path, re_path
 
-from inventory.api import api
+from inventory.http.api import api
 
 
 def not_found(request, *args, **kwargs):

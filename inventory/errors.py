@@ -1,4 +1,4 @@
-"""The typed errors that services raise. api.py maps each to HTTP in one place."""
+"""The typed errors that services raise. inventory/http/errors.py maps each to HTTP in one place."""
 
 
 class InventoryError(Exception):
@@ -11,6 +11,10 @@ class InventoryError(Exception):
         self.field = field
         self.item_id = item_id  # in a batch, the item whose change was refused
         super().__init__(self.message)
+
+    def details(self) -> dict:
+        """Further fields of the error's JSON body (the current qty of a stale compare-and-set)."""
+        return {}
 
 
 class InvalidInput(InventoryError):
@@ -47,6 +51,9 @@ class StaleQty(InventoryError):
     def __init__(self, *, qty: int, item_id=None):
         super().__init__(field="expected_qty", item_id=item_id)
         self.qty = qty
+
+    def details(self) -> dict:
+        return {"qty": self.qty}
 
 
 class IdempotencyKeyInUse(InventoryError):

@@ -13,6 +13,12 @@ NAME_MAX_LENGTH = 200
 REASON_MAX_LENGTH = 500
 BATCH_MAX_CHANGES = 1000
 ITEM_FIELDS = frozenset({"name", "qty"})
+# An id is written as RFC 9562 shows a UUID: 8-4-4-4-12 hex digits, either case (section 4:
+# case-insensitive on input). The same spelling is accepted in a path, a query and a body.
+ID_PATTERN = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+# An integer in a query string is written as JSON writes one (RFC 8259, section 6): an
+# optional minus and decimal digits without leading zeros; no "+", spaces or other digits.
+QUERY_INTEGER_PATTERN = r"-?(0|[1-9][0-9]*)"
 
 # Cc: control characters, NUL included. Cs: lone surrogates, which JSON's \ud800
 # escapes can carry but no database can store as text.

@@ -17,6 +17,7 @@ request_log = logging.getLogger("inventory.request")
 
 # A client's request id is echoed only when it is short and plain enough to log safely.
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_CONVERTER = re.compile(r"<(?:\w+:)?(\w+)>")
 
 
 def request_id(get_response):
@@ -57,11 +58,12 @@ def access_log(get_response):
 
 
 def _route(request) -> str:
-    """The route template, never the raw path: ids would make every line and label unique."""
+    """The route template as the OpenAPI document writes it ("/items/{item_id}"), never the
+    raw path: ids would make every line and label unique."""
     match = getattr(request, "resolver_match", None)
     if match is None or match.url_name == "not_found":
         return "(unmatched)"
-    return "/" + str(match.route)
+    return "/" + _CONVERTER.sub(r"{\1}", str(match.route))
 
 
 def json_errors(get_response):

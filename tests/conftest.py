@@ -3,7 +3,7 @@ import json
 import pytest
 from django.test import Client
 
-from inventory import services
+from inventory import tokens
 
 
 class Api:
@@ -61,12 +61,12 @@ class Api:
 
 @pytest.fixture
 def write_token(db) -> str:
-    return services.token_create(name="test writer", scope="write")
+    return tokens.token_create(name="test writer", scope="write")
 
 
 @pytest.fixture
 def read_token(db) -> str:
-    return services.token_create(name="test reader", scope="read")
+    return tokens.token_create(name="test reader", scope="read")
 
 
 @pytest.fixture

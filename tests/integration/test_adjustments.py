@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from inventory import services
+from inventory import items
 from inventory.invariants import QTY_MAX
 from inventory.models import Item, Movement
 from tests.conftest import Api
@@ -155,7 +155,7 @@ def test_a_batch_without_a_list_of_changes_is_refused(api, body):
 
 
 def test_a_batch_holds_at_most_1000_changes(api):
-    ids = [str(services.item_create(name=f"item {i:04}", qty=1).id) for i in range(1001)]
+    ids = [str(items.item_create(name=f"item {i:04}", qty=1).id) for i in range(1001)]
     before = state()
 
     too_many = api.post("/adjustments", {"changes": [{"id": i, "delta": 1} for i in ids]})

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from inventory import services
+from inventory import tokens
 from inventory.models import IdempotencyKey, Item, Movement, Token
 from tests.conftest import Api
 
@@ -106,7 +106,7 @@ def test_a_missing_or_bad_token_is_401_and_changes_nothing(client, write_token, 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_a_revoked_token_is_401_and_changes_nothing(client, apple, endpoint):
-    token = services.token_create(name="former writer", scope="write")
+    token = tokens.token_create(name="former writer", scope="write")
     call_command("token", "revoke", "former writer", stdout=io.StringIO())
     before = stored_state()
 
@@ -298,7 +298,7 @@ def test_a_cross_site_form_post_is_415_even_with_a_write_token(api, apple, conte
 
 
 class Clock:
-    """time.monotonic for inventory.auth, moved by hand."""
+    """time.monotonic for inventory.tokens, moved by hand."""
 
     def __init__(self):
         self.now = 1000.0
@@ -312,8 +312,8 @@ def test_a_token_revoked_by_another_process_is_refused_once_the_cache_time_has_p
 ):
     settings.TOKEN_CACHE_SECONDS = 2
     clock = Clock()
-    monkeypatch.setattr("inventory.auth.time.monotonic", clock)
-    token = services.token_create(name="cached", scope="read")
+    monkeypatch.setattr("inventory.tokens.time.monotonic", clock)
+    token = tokens.token_create(name="cached", scope="read")
     api = Api(client, token)
     assert api.get("/items").status_code == 200
 
@@ -330,10 +330,10 @@ def test_a_token_revoked_by_another_process_is_refused_once_the_cache_time_has_p
 
 
 def test_a_token_revoked_in_this_process_is_refused_at_once(client, apple):
-    token = services.token_create(name="cached", scope="write")
+    token = tokens.token_create(name="cached", scope="write")
     api = Api(client, token)
     assert api.get("/items").status_code == 200
 
-    assert services.token_revoke(name="cached")
+    assert tokens.token_revoke(name="cached")
 
     assert_unauthorized(api.get("/items"))

@@ -5,7 +5,7 @@ import uuid
 import pytest
 from django.db import OperationalError
 
-from inventory import services
+from inventory import items
 from inventory.invariants import QTY_MAX
 
 
@@ -188,7 +188,7 @@ def test_unexpected_error_is_a_json_500_with_request_id_and_no_traceback(api, mo
     def explode(**kwargs):
         raise RuntimeError("secret detail")
 
-    monkeypatch.setattr(services, "item_create", explode)
+    monkeypatch.setattr(items, "item_create", explode)
 
     response = api.post("/items", {"name": "apple", "qty": 1}, X_Request_ID="req-123")
 
@@ -225,7 +225,7 @@ def test_database_unavailable_is_a_json_503_to_retry(api, monkeypatch):
     def locked(**kwargs):
         raise OperationalError("database is locked")
 
-    monkeypatch.setattr(services, "qty_adjust", locked)
+    monkeypatch.setattr(items, "qty_adjust", locked)
 
     response = api.patch(f"/items/{uuid.uuid4()}/qty", {"delta": 1}, X_Request_ID="req-9")
 

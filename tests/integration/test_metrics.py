@@ -10,13 +10,13 @@ import pytest
 from django.db import DatabaseError, OperationalError
 from prometheus_client.parser import text_string_to_metric_families
 
-from inventory import services
+from inventory import items
 from inventory.invariants import QTY_MAX
 from tests.conftest import Api
 
 pytestmark = pytest.mark.django_db
 
-ITEM = "/items/<uuidstr:item_id>"  # the route template, as labelled
+ITEM = "/items/{item_id}"  # the route template, as labelled
 FAMILIES = {
     "inventory_http_requests",
     "inventory_http_request_duration_seconds",
@@ -160,7 +160,7 @@ def test_a_database_error_is_counted_by_kind(api, apple, sample, monkeypatch, er
     def failing(**kwargs):
         raise error("the database went away")
 
-    monkeypatch.setattr(services, "qty_adjust", failing)
+    monkeypatch.setattr(items, "qty_adjust", failing)
     before = sample("inventory_database_errors_total", kind=kind)
 
     response = api.patch(f"/items/{apple['id']}/qty", {"delta": 1})

@@ -11,7 +11,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from inventory import services
+from inventory import tokens
 from inventory.models import IdempotencyKey, Item, Movement, Token
 from tests.conftest import Api
 
@@ -129,7 +129,7 @@ def test_a_delta_with_an_idempotency_key_also_claims_and_stores_the_key(api, app
 
 
 def test_a_token_is_looked_up_on_its_first_use_in_a_process(client, apple):
-    token = services.token_create(name="fresh", scope="read")
+    token = tokens.token_create(name="fresh", scope="read")
 
     with CaptureQueriesContext(connection) as captured:
         response = Api(client, token).get(f"/items/{apple['id']}")

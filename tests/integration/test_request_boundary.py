@@ -10,7 +10,7 @@ import pytest
 from django.db import OperationalError
 from django.db.migrations.executor import MigrationExecutor
 
-from inventory import selectors, services
+from inventory import integrity, items
 from inventory.models import IdempotencyKey, Item, Movement
 from tests.conftest import Api
 
@@ -86,8 +86,8 @@ def send(client, write_token, read_token, apple, monkeypatch):
         raise RuntimeError("boom")
 
     # Only the "500" row renames and only the "503" row asks /readyz.
-    monkeypatch.setattr(services, "item_rename", broken)
-    monkeypatch.setattr(selectors, "database_ready", lambda: False)
+    monkeypatch.setattr(items, "item_rename", broken)
+    monkeypatch.setattr(integrity, "database_ready", lambda: False)
     tokens = {"write": write_token, "read": read_token, None: None}
 
     def send(kind: str, **headers):
@@ -169,7 +169,7 @@ def test_each_request_without_an_id_gets_its_own(client):
 
 
 BASE_FIELDS = {"time", "request_id", "method", "route", "status", "duration_ms", "token"}
-ITEM = "/items/<uuidstr:item_id>"  # ninja's converter; the README documents this template
+ITEM = "/items/{item_id}"  # ninja's converter; the README documents this template
 
 # request -> (token sent, method, path, body, route, status, token logged, delta logged or None).
 # A route that does not exist never checks the token, so its line names none.
@@ -313,7 +313,7 @@ def unreachable(connection):
 @pytest.mark.parametrize(
     "breakage",
     [
-        pytest.param(lambda mp: mp.setattr(selectors, "MigrationExecutor", unreachable), id="database down"),
+        pytest.param(lambda mp: mp.setattr(integrity, "MigrationExecutor", unreachable), id="database down"),
         pytest.param(
             lambda mp: mp.setattr(MigrationExecutor, "migration_plan", lambda self, targets: [("m", False)]),
             id="migration pending",

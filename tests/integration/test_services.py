@@ -5,7 +5,7 @@ import uuid
 import pytest
 from django.db import IntegrityError, transaction
 
-from inventory import errors, services
+from inventory import errors, items
 from inventory.invariants import QTY_MAX
 from inventory.models import Item
 
@@ -17,15 +17,15 @@ def rows():
 
 
 def test_item_create_returns_the_stored_item():
-    item = services.item_create(name=" caf\u0065\u0301 ", qty=3)
+    item = items.item_create(name=" caf\u0065\u0301 ", qty=3)
     assert (item.name, item.qty) == ("caf\u00e9", 3)
     assert rows() == [("caf\u00e9", 3)]
 
 
 def test_item_create_refuses_a_duplicate_after_normalising():
-    services.item_create(name="caf\u00e9", qty=1)
+    items.item_create(name="caf\u00e9", qty=1)
     with pytest.raises(errors.DuplicateName):
-        services.item_create(name=" cafe\u0301", qty=2)
+        items.item_create(name=" cafe\u0301", qty=2)
     assert rows() == [("caf\u00e9", 1)]
 
 
@@ -34,7 +34,7 @@ def test_item_create_refuses_a_duplicate_after_normalising():
 )
 def test_item_create_refuses_a_broken_invariant(name, qty):
     with pytest.raises(errors.InvalidInput):
-        services.item_create(name=name, qty=qty)
+        items.item_create(name=name, qty=qty)
     assert rows() == []
 
 
@@ -45,31 +45,31 @@ def test_model_boundary_refuses_a_broken_invariant_outside_services():
 
 
 def test_item_rename_returns_none_for_unknown_item():
-    assert services.item_rename(item_id=uuid.uuid4(), name="x") is None
+    assert items.item_rename(item_id=uuid.uuid4(), name="x") is None
 
 
 def test_item_rename_refuses_blank_before_looking_up():
-    item = services.item_create(name="apple", qty=1)
+    item = items.item_create(name="apple", qty=1)
     with pytest.raises(errors.InvalidInput):
-        services.item_rename(item_id=item.id, name=" \u3000 ")
+        items.item_rename(item_id=item.id, name=" \u3000 ")
     assert rows() == [("apple", 1)]
 
 
 def test_item_delete_of_unknown_item_is_a_no_op():
-    services.item_create(name="apple", qty=1)
-    assert services.item_delete(item_id=uuid.uuid4()) is None
+    items.item_create(name="apple", qty=1)
+    assert items.item_delete(item_id=uuid.uuid4()) is None
     assert rows() == [("apple", 1)]
 
 
 def test_item_delete_returns_the_qty_it_removed_once():
-    item = services.item_create(name="apple", qty=7)
-    assert services.item_delete(item_id=item.id) == 7
-    assert services.item_delete(item_id=item.id) is None
+    item = items.item_create(name="apple", qty=7)
+    assert items.item_delete(item_id=item.id) == 7
+    assert items.item_delete(item_id=item.id) is None
     assert rows() == []
 
 
 def test_qty_adjust_returns_none_for_unknown_item():
-    assert services.qty_adjust(item_id=uuid.uuid4(), delta=1) is None
+    assert items.qty_adjust(item_id=uuid.uuid4(), delta=1) is None
 
 
 @pytest.mark.parametrize(
@@ -77,35 +77,35 @@ def test_qty_adjust_returns_none_for_unknown_item():
     [(0, -1, errors.QtyBelowZero), (5, -6, errors.QtyBelowZero), (QTY_MAX, 1, errors.QtyAboveMax)],
 )
 def test_qty_adjust_refuses_to_leave_the_bounds(start, delta, error):
-    item = services.item_create(name="apple", qty=start)
+    item = items.item_create(name="apple", qty=start)
     with pytest.raises(error):
-        services.qty_adjust(item_id=item.id, delta=delta)
+        items.qty_adjust(item_id=item.id, delta=delta)
     assert rows() == [("apple", start)]
 
 
 @pytest.mark.parametrize("delta", [True, 1.0, "1", None, QTY_MAX + 1, -QTY_MAX - 1, 10**30])
 def test_qty_adjust_refuses_a_delta_that_is_not_a_bounded_integer(delta):
-    item = services.item_create(name="apple", qty=5)
+    item = items.item_create(name="apple", qty=5)
     with pytest.raises(errors.InvalidInput):
-        services.qty_adjust(item_id=item.id, delta=delta)
+        items.qty_adjust(item_id=item.id, delta=delta)
     assert rows() == [("apple", 5)]
 
 
 def test_qty_adjust_of_the_largest_delta_from_zero_reaches_the_bound():
-    item = services.item_create(name="apple", qty=0)
-    assert services.qty_adjust(item_id=item.id, delta=QTY_MAX).qty == QTY_MAX
-    assert services.qty_adjust(item_id=item.id, delta=-QTY_MAX).qty == 0
+    item = items.item_create(name="apple", qty=0)
+    assert items.qty_adjust(item_id=item.id, delta=QTY_MAX).qty == QTY_MAX
+    assert items.qty_adjust(item_id=item.id, delta=-QTY_MAX).qty == 0
 
 
 def test_database_refuses_negative_qty_even_past_the_model():
-    item = services.item_create(name="apple", qty=1)
+    item = items.item_create(name="apple", qty=1)
     with pytest.raises(IntegrityError), transaction.atomic():
         Item.objects.filter(pk=item.id).update(qty=-1)
     assert rows() == [("apple", 1)]
 
 
 def test_database_refuses_a_duplicate_name_even_past_the_model():
-    services.item_create(name="apple", qty=1)
+    items.item_create(name="apple", qty=1)
     with pytest.raises(IntegrityError), transaction.atomic():
         Item.objects.bulk_create([Item(name="apple", qty=2)])
     assert rows() == [("apple", 1)]

@@ -5,13 +5,13 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 
-from inventory import services
+from inventory import items
 
 pytestmark = pytest.mark.django_db
 
 
 def test_verify_passes_on_a_consistent_database(capsys):
-    services.item_create(name="apple", qty=5)
+    items.item_create(name="apple", qty=5)
     call_command("verify")
     assert "ok" in capsys.readouterr().out
 
@@ -38,7 +38,7 @@ def corrupt(sql: str, *params) -> None:
 def test_verify_names_the_row_with_a_broken_name(capsys, sql, params, reason):
     if reason == "at most 200" and connection.vendor != "sqlite":
         pytest.skip("PostgreSQL's varchar(200) refuses a longer name with no way around it")
-    item = services.item_create(name="apple", qty=5)
+    item = items.item_create(name="apple", qty=5)
     corrupt(sql, *params)
 
     with pytest.raises(CommandError):
@@ -52,7 +52,7 @@ def test_verify_names_the_row_with_a_broken_name(capsys, sql, params, reason):
 def test_verify_finds_a_negative_qty_where_the_database_lets_one_in(capsys):
     if connection.vendor != "sqlite":
         pytest.skip("PostgreSQL enforces the check constraint with no way around it")
-    item = services.item_create(name="apple", qty=5)
+    item = items.item_create(name="apple", qty=5)
     corrupt("UPDATE inventory_item SET qty = -1")
 
     with pytest.raises(CommandError):
@@ -63,7 +63,7 @@ def test_verify_finds_a_negative_qty_where_the_database_lets_one_in(capsys):
 def test_verify_finds_a_qty_that_sqlite_turned_into_a_real(capsys):
     if connection.vendor != "sqlite":
         pytest.skip("only SQLite stores an overflowing sum as a REAL")
-    item = services.item_create(name="apple", qty=2**63 - 1)
+    item = items.item_create(name="apple", qty=2**63 - 1)
     corrupt("UPDATE inventory_item SET qty = qty + 1")
 
     with pytest.raises(CommandError):

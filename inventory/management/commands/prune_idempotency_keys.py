@@ -3,7 +3,7 @@ Run it daily (cron, a systemd timer); the contract keeps keys at least 24 hours.
 
 from django.core.management.base import BaseCommand, CommandError
 
-from inventory import services
+from inventory import idempotency
 
 
 class Command(BaseCommand):
@@ -15,5 +15,5 @@ class Command(BaseCommand):
     def handle(self, *args, hours, **options):
         if hours < 24:
             raise CommandError("keys are kept at least 24 hours")
-        removed = services.idempotency_keys_prune(older_than_hours=hours)
+        removed = idempotency.idempotency_keys_prune(older_than_hours=hours)
         self.stdout.write(f"pruned {removed} idempotency key(s) older than {hours:g} hours")

@@ -3,7 +3,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from inventory import services
+from inventory import tokens
 from inventory.errors import TokenNameTaken
 from inventory.models import Token
 
@@ -23,12 +23,12 @@ class Command(BaseCommand):
     def handle(self, *args, action, **options):
         if action == "create":
             try:
-                token = services.token_create(name=options["name"], scope=options["scope"])
+                token = tokens.token_create(name=options["name"], scope=options["scope"])
             except TokenNameTaken as exc:
                 raise CommandError(exc.message) from exc
             self.stdout.write(token)
         elif action == "revoke":
-            if not services.token_revoke(name=options["name"]):
+            if not tokens.token_revoke(name=options["name"]):
                 raise CommandError(f"no active token named {options['name']!r}")
             self.stdout.write(f"revoked {options['name']}")
         else:

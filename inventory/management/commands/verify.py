@@ -2,14 +2,14 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from inventory import selectors
+from inventory import integrity
 
 
 class Command(BaseCommand):
     help = "Scan the database; exit non-zero, naming the rows, if any invariant is broken."
 
     def handle(self, *args, **options):
-        problems = selectors.invariant_violations()
+        problems = integrity.invariant_violations()
         for problem in problems:
             self.stderr.write(problem)
         if problems:

@@ -1,7 +1,4 @@
-"""Every read. No selector opens a transaction: on SQLite that would take the write lock."""
-
-import functools
-import uuid
+"""Whole-database checks: every invariant of every row (`manage.py verify`), and readiness."""
 
 from django.db import DatabaseError, connection
 from django.db.migrations.executor import MigrationExecutor
@@ -10,50 +7,6 @@ from django.db.models import Max, Sum
 from inventory import invariants
 from inventory.errors import InvalidInput
 from inventory.models import Item, Movement
-
-
-@functools.cache
-def _item_get_sql(vendor: str) -> str:
-    """SELECT name, qty of one item by id, compiled by the ORM once per process: compiling
-    it on every request cost more than running it."""
-    query = Item.objects.filter(pk=uuid.UUID(int=0)).values_list("name", "qty").query
-    sql, _ = query.get_compiler(connection=connection).as_sql()  # its one parameter is the id
-    return sql
-
-
-def item_get(*, item_id: uuid.UUID) -> Item | None:
-    pk = Item._meta.pk.get_db_prep_value(item_id, connection)
-    with connection.cursor() as cursor:
-        cursor.execute(_item_get_sql(connection.vendor), [pk])
-        row = cursor.fetchone()
-    return None if row is None else Item(id=item_id, name=row[0], qty=row[1])
-
-
-def item_list(*, limit: int, after_name: str | None = None) -> tuple[list[dict], bool]:
-    """A page of items ordered by name, as {id, name, qty} (keyset: a deep page costs what
-    the first does). Returns the page and whether more items follow it.
-    """
-    items = Item.objects.order_by("name").values("id", "name", "qty")
-    if after_name is not None:
-        items = items.filter(name__gt=after_name)
-    page = list(items[: limit + 1])
-    return page[:limit], len(page) > limit
-
-
-def movement_list(
-    *, item_id: uuid.UUID, limit: int, after_id: int | None = None
-) -> tuple[list[Movement], bool]:
-    """A page of an item's movements, oldest first; ([], False) when it has none."""
-    movements = Movement.objects.filter(item_id=item_id).order_by("id")
-    if after_id is not None:
-        movements = movements.filter(id__gt=after_id)
-    page = list(movements[: limit + 1])
-    return page[:limit], len(page) > limit
-
-
-def item_ever_existed(*, item_id: uuid.UUID) -> bool:
-    """Every item ever created has a create movement, which is never deleted."""
-    return Movement.objects.filter(item_id=item_id).exists()
 
 
 def invariant_violations() -> list[str]:

@@ -1,0 +1,149 @@
+"""Request and response models. Bounds are documented here and enforced by
+inventory.invariants, the one place for them."""
+
+import datetime
+import re
+import uuid
+from typing import Annotated
+
+from ninja import Schema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, WithJsonSchema
+
+from inventory.invariants import (
+    BATCH_MAX_CHANGES,
+    ID_PATTERN,
+    NAME_MAX_LENGTH,
+    QTY_MAX,
+    QUERY_INTEGER_PATTERN,
+    REASON_MAX_LENGTH,
+)
+
+DELTA = {"minimum": -QTY_MAX, "maximum": QTY_MAX}
+QTY = {"minimum": 0, "maximum": QTY_MAX}
+EXPECTED_QTY_RULE = "apply only if qty is this now (compare-and-set); otherwise 409 with the current qty"
+REASON = {"maxLength": REASON_MAX_LENGTH}
+NAME_RULE = "normalised to NFC and stripped; then 1..200 characters, no control characters, unique"
+NAME = {"minLength": 1, "maxLength": NAME_MAX_LENGTH}
+
+_ID = re.compile(ID_PATTERN)
+_QUERY_INTEGER = re.compile(QUERY_INTEGER_PATTERN)
+
+
+def _id_spelling(value: object) -> object:
+    # pydantic alone would also take 32 bare hex digits, braces or a urn:uuid: prefix,
+    # which no path accepts.
+    if isinstance(value, str) and not _ID.fullmatch(value):
+        raise ValueError("must be a UUID written 8-4-4-4-12")
+    return value
+
+
+def _query_integer(value: object) -> object:
+    if isinstance(value, str) and not _QUERY_INTEGER.fullmatch(value):
+        raise ValueError("must be an integer in plain decimal digits")
+    return value
+
+
+Id = Annotated[
+    uuid.UUID,
+    BeforeValidator(_id_spelling),
+    WithJsonSchema({"type": "string", "format": "uuid", "pattern": f"^{ID_PATTERN}$"}),
+]
+QueryInt = Annotated[int, BeforeValidator(_query_integer)]
+
+
+# Responses are plain pydantic models: ninja's Schema runs a Python root validator on every
+# object it checks, which cost more than the query on a page of 100 items.
+class ItemOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    qty: int
+
+
+class Strict(Schema):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ItemIn(Strict):
+    name: StrictStr = Field(description=NAME_RULE, json_schema_extra=NAME)
+    qty: StrictInt = Field(json_schema_extra=QTY)
+
+
+class RenameIn(Strict):
+    name: StrictStr = Field(description=NAME_RULE, json_schema_extra=NAME)
+
+
+class DeltaIn(Strict):
+    delta: StrictInt = Field(
+        description="the signed change: -1 decrements, +5 increments", json_schema_extra=DELTA
+    )
+    expected_qty: StrictInt | None = Field(None, description=EXPECTED_QTY_RULE, json_schema_extra=QTY)
+    reason: StrictStr | None = Field(None, description="recorded in the movement", json_schema_extra=REASON)
+
+
+class ChangeIn(Strict):
+    id: Id
+    delta: StrictInt = Field(json_schema_extra=DELTA)
+    expected_qty: StrictInt | None = Field(None, description=EXPECTED_QTY_RULE, json_schema_extra=QTY)
+
+
+class AdjustmentIn(Strict):
+    changes: list[ChangeIn] = Field(
+        description="applied all together or not at all; each id at most once",
+        json_schema_extra={"minItems": 1, "maxItems": BATCH_MAX_CHANGES},
+    )
+    reason: StrictStr | None = Field(None, description="recorded in every movement", json_schema_extra=REASON)
+
+
+class ItemList(BaseModel):
+    items: list[ItemOut]
+
+
+class MovementOut(BaseModel):
+    kind: str
+    delta: int
+    qty_after: int
+    reason: str | None
+    request_id: str
+    at: datetime.datetime
+
+
+class MovementPage(BaseModel):
+    movements: list[MovementOut]
+    next: str | None = Field(description="cursor of the next page, or null on the last")
+
+
+class ItemPage(BaseModel):
+    items: list[ItemOut]
+    next: str | None = Field(description="cursor of the next page, or null on the last")
+
+
+class PageQuery(Schema):
+    limit: QueryInt = Field(100, ge=1, le=1000)
+    cursor: str | None = Field(
+        None, description="the `next` of the previous page", pattern=r"^[A-Za-z0-9_-]+$"
+    )
+
+
+class Error(BaseModel):
+    error: str
+    field: str | None = None
+    qty: int | None = Field(None, description="with 409: the current qty")
+    id: uuid.UUID | None = Field(None, description="in a batch: the item whose change was refused")
+
+
+class Health(BaseModel):
+    status: str
+
+
+def read_responses(success: dict) -> dict:
+    """What a GET may answer besides success: 404 also for an id that is not a UUID."""
+    return {**success, 401: Error, 404: Error, 503: Error}
+
+
+def write_responses(success: dict) -> dict:
+    return {**read_responses(success), 400: Error, 403: Error, 413: Error, 415: Error}
+
+
+def idempotent_write_responses(success: dict) -> dict:
+    """A write taking an Idempotency-Key: 409 while its first use runs, 422 on reuse."""
+    return {**write_responses(success), 409: Error, 422: Error}
