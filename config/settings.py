@@ -60,6 +60,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "inventory.middleware.request_id",
     "inventory.middleware.access_log",
+    "inventory.middleware.http_semantics",
     # Outside json_errors, so that the JSON errors it makes get the security headers too.
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",

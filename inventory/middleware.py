@@ -18,6 +18,9 @@ request_log = logging.getLogger("inventory.request")
 # A client's request id is echoed only when it is short and plain enough to log safely.
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _CONVERTER = re.compile(r"<(?:\w+:)?(\w+)>")
+# The methods of RFC 9110 and PATCH: any other method a client invents is counted as "other",
+# so no client can add a series to the metrics.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"})
 
 
 def request_id(get_response):
@@ -42,7 +45,7 @@ def access_log(get_response):
         line = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "request_id": request.request_id,
-            "method": request.method,
+            "method": request.method[:16],  # a client may send any token as its method
             "route": route,
             "status": response.status_code,
             "duration_ms": round(duration * 1000, 2),
@@ -50,11 +53,47 @@ def access_log(get_response):
             **getattr(request, "log_fields", {}),
         }
         request_log.info(json.dumps(line, ensure_ascii=False))
-        metrics.REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        method = request.method if request.method in KNOWN_METHODS else "other"
+        metrics.REQUESTS.labels(method, route, str(response.status_code)).inc()
         metrics.LATENCY.labels(route).observe(duration)
         return response
 
     return middleware
+
+
+def http_semantics(get_response):
+    """HEAD is answered as GET without the body, on every route that answers GET, and 405's
+    Allow names it (RFC 9110, section 9.3.2); a 204 or 304 has no body, so no Content-Type."""
+
+    def middleware(request):
+        if request.method == "HEAD":
+            request.method = "GET"
+            try:
+                response = get_response(request)
+            finally:
+                request.method = "HEAD"
+            _drop_body(response)
+        else:
+            response = get_response(request)
+        allow = [method.strip() for method in response.get("Allow", "").split(",") if method.strip()]
+        if "GET" in allow and "HEAD" not in allow:
+            response["Allow"] = ", ".join([*allow, "HEAD"])
+        if response.status_code in (204, 304) and "Content-Type" in response:
+            del response["Content-Type"]
+        return response
+
+    return middleware
+
+
+def _drop_body(response) -> None:
+    """Keep the headers GET would send, Content-Length included; send no body."""
+    if response.streaming:
+        if hasattr(response, "close"):
+            response.close()
+        response.streaming_content = []
+    else:
+        response["Content-Length"] = str(len(response.content))
+        response.content = b""
 
 
 def _route(request) -> str:

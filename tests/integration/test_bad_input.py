@@ -376,15 +376,15 @@ def test_an_unknown_item_is_a_json_404(api, apple, method, suffix, body):
 @pytest.mark.parametrize(
     ("method", "route", "allowed"),
     [
-        ("PUT", "/items/{id}", {"GET", "PATCH", "DELETE"}),
-        ("POST", "/items/{id}", {"GET", "PATCH", "DELETE"}),
-        ("DELETE", "/items", {"GET", "POST"}),
-        ("PUT", "/items", {"GET", "POST"}),
-        ("PATCH", "/items", {"GET", "POST"}),
+        ("PUT", "/items/{id}", {"GET", "HEAD", "PATCH", "DELETE"}),
+        ("POST", "/items/{id}", {"GET", "HEAD", "PATCH", "DELETE"}),
+        ("DELETE", "/items", {"GET", "HEAD", "POST"}),
+        ("PUT", "/items", {"GET", "HEAD", "POST"}),
+        ("PATCH", "/items", {"GET", "HEAD", "POST"}),
         ("GET", "/items/{id}/qty", {"PATCH"}),
         ("POST", "/items/{id}/qty", {"PATCH"}),
         ("DELETE", "/items/{id}/qty", {"PATCH"}),
-        ("POST", "/healthz", {"GET"}),
+        ("POST", "/healthz", {"GET", "HEAD"}),
     ],
 )
 def test_a_wrong_method_is_a_json_405_with_allow(api, apple, method, route, allowed):

@@ -211,7 +211,7 @@ def test_wrong_method_is_json_405_with_allow(api):
     response = api.request("PUT", "/items")
     assert response.status_code == 405
     assert response.json() == {"error": "method_not_allowed"}
-    assert set(response["Allow"].replace(" ", "").split(",")) == {"GET", "POST"}
+    assert set(response["Allow"].replace(" ", "").split(",")) == {"GET", "HEAD", "POST"}
 
 
 def test_response_carries_a_request_id(api):
