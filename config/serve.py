@@ -5,13 +5,21 @@ Settings from the environment: HOST, PORT, WEB_CONCURRENCY (default: one worker 
 core), THREADS (threads per worker running the app, default 1).
 """
 
+import fcntl
 import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 from granian.constants import Interfaces
 from granian.server import Server
+
+METRICS_PREFIX = "inventory-metrics-"
+# Held (flock) by a running server on the file inside its metrics folder. The kernel lets go
+# of it when the last process holding it ends, however it ends, so a free lock is a folder
+# nobody will write to again.
+METRICS_LOCK = ".owner.lock"
 
 
 def main() -> None:
@@ -24,24 +32,65 @@ def main() -> None:
     # Each worker writes its metric samples here and /metrics adds them up. Emptied at every
     # start, so samples of a previous run (or of workers killed with -9) are not counted.
     metrics = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    own = None
     if metrics:
         shutil.rmtree(metrics, ignore_errors=True)
         os.makedirs(metrics)
     else:
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="inventory-metrics-")
-    Server(
-        "config.wsgi:application",
-        address=os.environ.get("HOST", "127.0.0.1"),
-        port=int(os.environ.get("PORT", "8000")),
-        interface=Interfaces.WSGI,
-        workers=int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count() or 1),
-        blocking_threads=int(os.environ.get("THREADS", "1")),
-        websockets=False,
-        log_access=False,  # the service writes its own JSON line per request
-        respawn_failed_workers=True,  # a worker that dies is replaced
-        # A worker stopped mid-request loses nothing: a write is one transaction or none.
-        workers_kill_timeout=10,
-    ).serve()
+        own = own_metrics_dir()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(own)
+    try:
+        Server(
+            "config.wsgi:application",
+            address=os.environ.get("HOST", "127.0.0.1"),
+            port=int(os.environ.get("PORT", "8000")),
+            interface=Interfaces.WSGI,
+            workers=int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count() or 1),
+            blocking_threads=int(os.environ.get("THREADS", "1")),
+            websockets=False,
+            log_access=False,  # the service writes its own JSON line per request
+            respawn_failed_workers=True,  # a worker that dies is replaced
+            # A worker stopped mid-request loses nothing: a write is one transaction or none.
+            workers_kill_timeout=10,
+        ).serve()
+    finally:
+        # serve() returns (or exits) after SIGTERM or SIGINT, once every worker has stopped.
+        if own:
+            shutil.rmtree(own, ignore_errors=True)
+
+
+def own_metrics_dir() -> Path:
+    """A new folder in the temporary directory for this server's metric samples, locked for
+    as long as the server runs. Folders that earlier servers left behind (stopped by kill -9,
+    so nobody removed them) are removed first; those of running servers are left alone."""
+    tmp = Path(tempfile.gettempdir())
+    for folder in tmp.glob(METRICS_PREFIX + "*"):
+        remove_if_abandoned(folder)
+    folder = Path(tempfile.mkdtemp(prefix=METRICS_PREFIX))
+    # Locked before it takes its name, so that no other server's sweep finds it unlocked.
+    # The descriptor stays open (and the lock held) until this process ends.
+    lock = os.open(folder / (METRICS_LOCK + ".new"), os.O_WRONLY | os.O_CREAT, 0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    os.rename(folder / (METRICS_LOCK + ".new"), folder / METRICS_LOCK)
+    return folder
+
+
+def remove_if_abandoned(folder: Path) -> None:
+    """Remove a metrics folder whose lock nobody holds. A folder without a lock file (being
+    made right now, or by another version of this file) or of another user is left alone."""
+    try:
+        if folder.stat().st_uid != os.geteuid():
+            return
+        lock = os.open(folder / METRICS_LOCK, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        return  # its server is running
+    shutil.rmtree(folder, ignore_errors=True)
+    os.close(lock)
 
 
 if __name__ == "__main__":
