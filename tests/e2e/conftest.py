@@ -1,6 +1,8 @@
 """A real production server (`make serve`: granian, several worker processes) on a fresh
-database of the engine under test, and a plain HTTP client for parallel callers."""
+database of the engine under test, a plain HTTP client for parallel callers, and the means to
+run a workload until it has done enough, however fast or slow the machine is."""
 
+import contextlib
 import http.client
 import json
 import os
@@ -8,15 +10,26 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKERS = 4
+# Smaller than the states the tests build, so that following `next` is exercised, not assumed.
+PAGE_LIMIT = 100
+# Generous for a slow or loaded machine, yet finite: a hang fails with a message, not a stall.
+START_TIMEOUT = 120  # `make serve`: migrations, then every worker answering
+REQUEST_TIMEOUT = 60  # the busy timeout (10 s) and a queue of callers ahead
+PROGRESS_TIMEOUT = 300  # for a workload to reach the counts a test waits for
+START_ATTEMPTS = 5  # each on a new port, when the last one was taken before the server bound it
 
 
 def free_port() -> int:
@@ -28,7 +41,7 @@ def free_port() -> int:
 class Client:
     """One HTTP/1.1 request per connection, like many independent callers."""
 
-    def __init__(self, port: int, timeout: float = 30):
+    def __init__(self, port: int, timeout: float = REQUEST_TIMEOUT):
         self.port = port
         self.timeout = timeout
         self.token: str | None = None
@@ -50,6 +63,28 @@ class Client:
             return response.status, (json.loads(raw) if raw else None)
         finally:
             connection.close()
+
+    def pages(self, path: str, key: str) -> Iterator[list[dict]]:
+        """Every page of a listing, following `next` until it is null."""
+        cursor, seen = None, set()
+        while True:
+            query = {"limit": PAGE_LIMIT} | ({"cursor": cursor} if cursor else {})
+            status, page = self.request("GET", f"{path}?{urlencode(query)}")
+            assert status == 200, (path, status, page)
+            yield page[key]
+            cursor = page["next"]
+            if cursor is None:
+                return
+            assert cursor not in seen, f"{path}: cursor {cursor} came back; the listing never ends"
+            seen.add(cursor)
+
+    def all_items(self) -> list[dict]:
+        """The whole state, in the listing's order (read it when no writer runs)."""
+        return [item for page in self.pages("/items", "items") for item in page]
+
+    def movements(self, item_id: str) -> list[dict]:
+        """Every movement of an item, oldest first."""
+        return [move for page in self.pages(f"/items/{item_id}/movements", "movements") for move in page]
 
 
 class Server:
@@ -74,6 +109,18 @@ class Server:
         }
 
     def start(self) -> None:
+        """Start the server and wait until it answers. free_port() only finds a port that was
+        free a moment ago: when another process took it first, start again on another."""
+        for _ in range(START_ATTEMPTS):
+            if self._start_on_port():
+                return
+            self.port = self.client.port = free_port()
+        raise AssertionError(f"every port tried was taken:\n{self.log.read_text()[-3000:]}")
+
+    def _start_on_port(self) -> bool:
+        """True once the server answers on self.port; False if the port was already taken."""
+        self.log.touch()
+        offset = self.log.stat().st_size
         with self.log.open("a") as log:
             # A session of its own, so that kill() reaches make, the server and every worker.
             self.process = subprocess.Popen(
@@ -84,19 +131,44 @@ class Server:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + 60
+        # Another server may be listening on the port: an answer is ours only if our log has it.
+        probe = f"start-probe-{uuid.uuid4().hex}"
+        deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if self.client.request("GET", "/healthz")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"server did not start:\n{self.log.read_text()[-3000:]}")
+            if self.process.poll() is not None:
+                output = self._log_since(offset)
+                if "Address already in use" in output:
+                    return False
+                raise AssertionError(f"server exited with {self.process.returncode}:\n{output[-3000:]}")
+            if self._answers(probe) and probe in self._log_since(offset):
+                return True
+            time.sleep(0.1)
+        self.kill()
+        raise AssertionError(
+            f"server did not answer in {START_TIMEOUT} s:\n{self._log_since(offset)[-3000:]}"
+        )
+
+    def _answers(self, probe: str) -> bool:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT)
+        try:
+            connection.request("GET", "/healthz", headers={"X-Request-ID": probe})
+            response = connection.getresponse()
+            response.read()
+            return response.status == 200
+        except (OSError, http.client.HTTPException):
+            return False
+        finally:
+            connection.close()
+
+    def _log_since(self, offset: int) -> str:
+        with self.log.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
 
     def kill(self) -> None:
         """kill -9 of every server process: no chance to finish or clean up anything."""
-        os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # every process of it has exited already
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
 
     def stop(self) -> None:
@@ -120,8 +192,81 @@ class Server:
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
 
+    def setting(self, name: str) -> str:
+        """A Django setting as the server's processes see it."""
+        code = f"from django.conf import settings; print(settings.{name})"
+        return self.manage("shell", "--no-imports", "-c", code).strip()
+
     def verify(self) -> str:
         return self.manage("verify")
+
+
+class Progress:
+    """Counts shared by the threads of a workload, and waits on them: a run ends when enough
+    was done, not after a time, so it does the same work on a fast machine and a slow one."""
+
+    def __init__(self):
+        self._counts = Counter()
+        self._failed = False
+        self._changed = threading.Condition()
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._changed:
+            self._counts[name] += n
+            self._changed.notify_all()
+
+    def __getitem__(self, name: str) -> int:
+        with self._changed:
+            return self._counts[name]
+
+    def counts(self) -> Counter:
+        with self._changed:
+            return Counter(self._counts)
+
+    @property
+    def failed(self) -> bool:
+        with self._changed:
+            return self._failed
+
+    def fail(self) -> None:
+        """A thread of the workload failed: nobody waits for it any longer."""
+        with self._changed:
+            self._failed = True
+            self._changed.notify_all()
+
+    def wait_until(self, reached: Callable[[Counter], bool], what: str) -> None:
+        deadline = time.monotonic() + PROGRESS_TIMEOUT
+        with self._changed:
+            while not reached(self._counts):
+                # The failed thread's own error is the one to read; this one only ends the wait.
+                assert not self._failed, f"stopped waiting for {what}: another thread failed"
+                left = deadline - time.monotonic()
+                assert left > 0, f"{what}: not reached in {PROGRESS_TIMEOUT} s, {dict(self._counts)}"
+                self._changed.wait(left)
+
+
+def parallel(clients: int, work, progress: Progress | None = None) -> list:
+    """Run work(i) for i in range(clients), each in its own thread, started together. A thread
+    that fails marks `progress` failed, so that the others stop waiting on it."""
+    barrier = threading.Barrier(clients)
+
+    def run(i):
+        barrier.wait()
+        try:
+            return work(i)
+        except BaseException:
+            if progress is not None:
+                progress.fail()
+            raise
+
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(run, range(clients)))
+
+
+def create(server, name: str, qty: int) -> dict:
+    status, item = server.client.request("POST", "/items", {"name": name, "qty": qty})
+    assert status == 201, item
+    return item
 
 
 @pytest.fixture
@@ -145,7 +290,9 @@ def database_url(tmp_path):
 @pytest.fixture
 def server(database_url, tmp_path):
     server = Server(database_url, tmp_path)
-    server.start()
-    server.client.token = server.manage("token", "create", "e2e", "--scope", "write").strip()
-    yield server
-    server.stop()
+    try:
+        server.start()
+        server.client.token = server.manage("token", "create", "e2e", "--scope", "write").strip()
+        yield server
+    finally:
+        server.stop()
