@@ -9,17 +9,21 @@ import time
 
 import pytest
 
-from tests.e2e.test_concurrency import create, parallel
+from tests.e2e.conftest import Progress, create, parallel
 
 pytestmark = pytest.mark.e2e
 
 WRITERS = 8
 KILLS = 4
+# Each kill comes after a random number of answered writes in this range (and the run ends
+# after as many more): where the kills land varies, and not with the machine's speed.
+ANSWERED_BETWEEN_KILLS = (100, 300)
 
 
 def test_kill_9_loses_no_answered_write_and_half_applies_none(server):
     items = [create(server, f"writer {i}", 0)["id"] for i in range(WRITERS)]
     stop = threading.Event()
+    progress = Progress()
 
     def writer(i):
         """Sequential writes: at most one is in flight when the server dies."""
@@ -52,26 +56,28 @@ def test_kill_9_loses_no_answered_write_and_half_applies_none(server):
                 created[pending[1]] = pending[2]
             else:
                 acked.append(pending[1])
+            progress.add("answered")
         return acked, unknown, created, maybe_created
 
     def killer(_):
         rng = random.Random(99)
-        for _ in range(KILLS):
-            time.sleep(rng.uniform(0.5, 2.0))
-            server.kill()
-            server.start()
-        time.sleep(1.0)
-        stop.set()
+        try:
+            for _ in range(KILLS):
+                target = progress["answered"] + rng.randint(*ANSWERED_BETWEEN_KILLS)
+                progress.wait_until(lambda c, t=target: c["answered"] >= t, f"{target} answered writes")
+                server.kill()
+                server.start()
+            target = progress["answered"] + rng.randint(*ANSWERED_BETWEEN_KILLS)
+            progress.wait_until(lambda c: c["answered"] >= target, f"{target} answered writes")
+        finally:
+            stop.set()  # also when a wait or a restart failed, so that the writers end
 
     def run(i):
         return killer(i) if i == WRITERS else writer(i)
 
-    results = parallel(WRITERS + 1, run)[:WRITERS]
+    results = parallel(WRITERS + 1, run, progress)[:WRITERS]
 
-    status, page = server.client.request("GET", "/items?limit=1000")
-
-    assert status == 200, page
-    stored = {item["name"]: item for item in page["items"]}
+    stored = {item["name"]: item for item in server.client.all_items()}
     total_acked = total_unknown = 0
     for i, (acked, unknown, created, maybe_created) in enumerate(results):
         total_acked += len(acked) + len(created)
@@ -84,6 +90,10 @@ def test_kill_9_loses_no_answered_write_and_half_applies_none(server):
             assert stored[name]["qty"] == qty
         for name, qty in maybe_created.items():
             assert name not in stored or stored[name]["qty"] == qty
-    assert total_acked > 100, "the writers should have done real work between the kills"
+    # Nothing else was made: every stored item was answered or in flight at a kill.
+    answered = {name for _, _, created, _ in results for name in created}
+    in_flight = {name for *_, maybe_created in results for name in maybe_created}
+    assert set(stored) - answered - in_flight == {f"writer {i}" for i in range(WRITERS)}
+    assert total_acked == progress["answered"]
     print(f"crash test: {KILLS} kills, {total_acked} answered writes, {total_unknown} unanswered")
     server.verify()
