@@ -11,13 +11,17 @@ from collections import Counter
 
 import pytest
 
-from tests.e2e.test_bank import movements
-from tests.e2e.test_concurrency import create, parallel
+from tests.e2e.conftest import REQUEST_TIMEOUT, START_TIMEOUT, Progress, create, parallel
 
 pytestmark = pytest.mark.e2e
 
 WRITERS = 8
 KILLS = 5
+# Each kill comes after a random number of answered writes in this range (and the run ends
+# after as many more): where the kills land varies, and not with the machine's speed.
+WRITES_BETWEEN_KILLS = (100, 300)
+# A write may wait out a restart and an attempt cut short on either side of it.
+ANSWER_TIMEOUT = START_TIMEOUT + 2 * REQUEST_TIMEOUT
 INITIAL = 100
 STILL_RUNNING = "a request with this Idempotency-Key is still running"
 
@@ -25,7 +29,7 @@ STILL_RUNNING = "a request with this Idempotency-Key is still running"
 def call(server, method: str, path: str, body: dict, key: str, abandon: bool = False):
     """One request with an Idempotency-Key: (status, body, replayed), or None when the client
     gave up without reading the answer (as a client whose timeout expired does)."""
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=REQUEST_TIMEOUT)
     try:
         headers = {
             "Content-Type": "application/json",
@@ -42,10 +46,10 @@ def call(server, method: str, path: str, body: dict, key: str, abandon: bool = F
         connection.close()
 
 
-def until_answered(server, method: str, path: str, body: dict, key: str, rng, counts: Counter):
+def until_answered(server, method: str, path: str, body: dict, key: str, rng, counts: Progress):
     """Send the same request with the same key until it gets its answer. Without an answer
     the write may or may not have been applied; the key makes sending it again safe."""
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + ANSWER_TIMEOUT
     # Sometimes give up on the first answer, as a client whose timeout expired does: the write
     # is then committed but unanswered, which a kill rarely catches, so replays surely happen.
     abandon = rng.random() < 0.05
@@ -54,47 +58,34 @@ def until_answered(server, method: str, path: str, body: dict, key: str, rng, co
         try:
             result = call(server, method, path, body, key, abandon=abandon)
         except ConnectionRefusedError:
-            counts["refused"] += 1  # the server is down: nothing was sent
+            counts.add("refused")  # the server is down: nothing was sent
         except (OSError, http.client.HTTPException):
-            counts["lost"] += 1  # sent, and the server died before answering
+            counts.add("lost")  # sent, and the server died before answering
             killed_in_flight = True
         else:
             if result is None:
-                counts["abandoned"] += 1
+                counts.add("abandoned")
             elif result[0] == 503 or (result[0] == 409 and result[1]["error"] == STILL_RUNNING):
-                counts["busy"] += 1
+                counts.add("busy")
             else:
-                counts["replays"] += result[2]
-                counts["replays after a kill"] += result[2] and killed_in_flight
+                counts.add("replays", result[2])
+                counts.add("replays after a kill", result[2] and killed_in_flight)
                 return result[:2]
         abandon = False
         time.sleep(0.05)
-    raise AssertionError(f"no answer to {method} {path} (key {key}) in 120 s")
-
-
-def all_items(server) -> dict[str, dict]:
-    """Every item by name, following all pages."""
-    found, cursor = {}, None
-    while True:
-        status, page = server.client.request(
-            "GET", "/items?limit=1000" + (f"&cursor={cursor}" if cursor else "")
-        )
-        assert status == 200, page
-        found.update((item["name"], item) for item in page["items"])
-        cursor = page["next"]
-        if cursor is None:
-            return found
+    raise AssertionError(f"no answer to {method} {path} (key {key}) in {ANSWER_TIMEOUT} s")
 
 
 def test_retried_writes_are_applied_exactly_once_across_kill_9(server):
     items = [create(server, f"writer {i}", INITIAL) for i in range(WRITERS)]
     stop = threading.Event()
+    progress = Progress()
 
     def writer(i):
         """Sequential writes on its own item, so each answer's qty is known in advance."""
         rng = random.Random(i)
         item, qty = items[i], INITIAL
-        deltas, created, counts = [], {}, Counter()
+        deltas, created = [], {}
         for n in itertools.count():
             if stop.is_set():
                 break
@@ -103,7 +94,7 @@ def test_retried_writes_are_applied_exactly_once_across_kill_9(server):
             if roll < 0.15:
                 name, new_qty = f"made by {i} #{n}", rng.randint(0, 1000)
                 status, body = until_answered(
-                    server, "POST", "/items", {"name": name, "qty": new_qty}, key, rng, counts
+                    server, "POST", "/items", {"name": name, "qty": new_qty}, key, rng, progress
                 )
                 # A create applied twice would be a 400 for the duplicate name.
                 assert status == 201, (key, status, body)
@@ -115,46 +106,51 @@ def test_retried_writes_are_applied_exactly_once_across_kill_9(server):
                     request = ("POST", "/adjustments", {"changes": [{"id": item["id"], "delta": delta}]})
                 else:
                     request = ("PATCH", f"/items/{item['id']}/qty", {"delta": delta})
-                status, body = until_answered(server, *request, key, rng, counts)
+                status, body = until_answered(server, *request, key, rng, progress)
                 assert status == 200, (key, status, body)
                 qty += delta
                 # A replay is the first answer: the qty right after this write, not a later one.
                 answered = body["items"][0] if request[1] == "/adjustments" else body
                 assert answered == {**item, "qty": qty}, (key, answered, qty)
                 deltas.append(delta)
-            counts["writes"] += 1
-        return deltas, created, counts
+            progress.add("writes")
+        return deltas, created
 
     def killer(_):
         rng = random.Random(99)
         try:
             for _ in range(KILLS):
-                time.sleep(rng.uniform(0.5, 2.0))
+                target = progress["writes"] + rng.randint(*WRITES_BETWEEN_KILLS)
+                progress.wait_until(lambda c, t=target: c["writes"] >= t, f"{target} answered writes")
                 server.kill()
                 server.start()
-            time.sleep(1.0)
+            # Replays come mostly from abandoned first attempts (5% of writes): wait for one.
+            target = progress["writes"] + rng.randint(*WRITES_BETWEEN_KILLS)
+            progress.wait_until(
+                lambda c: c["writes"] >= target and c["replays"] > 0, f"{target} answered writes, a replay"
+            )
         finally:
-            stop.set()  # also when a restart failed, so the writers do not wait for it forever
+            stop.set()  # also when a wait or a restart failed, so that the writers end
 
     def run(i):
         return killer(i) if i == WRITERS else writer(i)
 
-    results = parallel(WRITERS + 1, run)[:WRITERS]
+    results = parallel(WRITERS + 1, run, progress)[:WRITERS]
 
-    stored = all_items(server)
-    counts = sum((c for _, _, c in results), Counter())
-    assert len(stored) == WRITERS + sum(len(created) for _, created, _ in results)
-    for i, (deltas, created, _) in enumerate(results):
+    stored = {item["name"]: item for item in server.client.all_items()}
+    counts = progress.counts()
+    assert len(stored) == WRITERS + sum(len(created) for _, created in results)
+    assert counts["writes"] == sum(len(deltas) + len(created) for deltas, created in results)
+    for i, (deltas, created) in enumerate(results):
         item = stored[f"writer {i}"]
         assert item["qty"] == INITIAL + sum(deltas), (i, item)
-        ledger = [(m["kind"], m["delta"]) for m in movements(server, item["id"])]
+        ledger = [(m["kind"], m["delta"]) for m in server.client.movements(item["id"])]
         assert ledger == [("create", INITIAL)] + [("adjust", d) for d in deltas], i
         for name, body in created.items():
             assert stored[name] == body
-            assert [(m["kind"], m["delta"]) for m in movements(server, body["id"])] == [
+            assert [(m["kind"], m["delta"]) for m in server.client.movements(body["id"])] == [
                 ("create", body["qty"])
             ]
-    assert counts["writes"] > 100, "the writers should have done real work between the kills"
     assert counts["replays"], "some retries should have met an answer already stored"
     print(
         f"exactly once: {KILLS} kills, {counts['writes']} writes, {counts['lost']} answers lost in a kill, "
@@ -193,7 +189,7 @@ def test_a_concurrent_repeat_is_applied_once(server):
         # Once the first has finished, a retry gets its answer back.
         assert call(server, "POST", "/adjustments", body, key) == (200, originals[0], True)
     for item_id in ids:
-        ledger = [(m["kind"], m["delta"]) for m in movements(server, item_id)]
+        ledger = [(m["kind"], m["delta"]) for m in server.client.movements(item_id)]
         assert ledger == [("create", 0)] + [("adjust", 1)] * rounds, item_id
     print(f"concurrent repeat: {rounds} rounds, {dict(outcomes)}")
     server.verify()
