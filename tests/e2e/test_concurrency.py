@@ -1,33 +1,15 @@
 """Many parallel clients against a multi-process server: no lost update, no oversell, no 5xx."""
 
 import random
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+
+from tests.e2e.conftest import create, parallel
 
 pytestmark = pytest.mark.e2e
 
 CLIENTS = 32
 BELOW_ZERO = {"error": "qty cannot go below 0"}
-
-
-def parallel(clients: int, work) -> list:
-    """Run work(i) for i in range(clients), each in its own thread, started together."""
-    barrier = threading.Barrier(clients)
-
-    def run(i):
-        barrier.wait()
-        return work(i)
-
-    with ThreadPoolExecutor(clients) as pool:
-        return list(pool.map(run, range(clients)))
-
-
-def create(server, name: str, qty: int) -> dict:
-    status, item = server.client.request("POST", "/items", {"name": name, "qty": qty})
-    assert status == 201, item
-    return item
 
 
 def qty_of(server, item_id: str) -> int:
@@ -96,9 +78,7 @@ def test_racing_creates_of_one_name_have_exactly_one_winner(server):
         statuses = sorted(status for status, _ in results)
         assert statuses == [201] + [400] * (CLIENTS - 1)
         assert all(body["field"] == "name" for status, body in results if status == 400)
-    status, page = server.client.request("GET", "/items")
-    assert status == 200, page
-    assert sorted(item["name"] for item in page["items"]) == [f"contested {r}" for r in range(5)]
+    assert sorted(item["name"] for item in server.client.all_items()) == [f"contested {r}" for r in range(5)]
     server.verify()
 
 
@@ -145,9 +125,7 @@ def test_deletes_racing_deltas_and_renames_answer_only_what_the_contract_allows(
             assert body == BELOW_ZERO
         if status == 200 and op in {"delta", "get", "rename"}:
             assert body["qty"] >= 0
-    status, page = server.client.request("GET", "/items?limit=1000")
-    assert status == 200, page
-    listed = page["items"]
+    listed = server.client.all_items()
     assert len({item["name"] for item in listed}) == len(listed)
     for item in listed:
         assert server.client.request("GET", f"/items/{item['id']}") == (200, item)
