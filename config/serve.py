@@ -3,6 +3,16 @@ worker processes, chosen by measurement (bench/servers.py, README "Performance")
 
 Settings from the environment: HOST, PORT, WEB_CONCURRENCY (default: one worker per CPU
 core), THREADS (threads per worker running the app, default 1).
+
+granian reads a request body in the app thread with no timeout, so a client that stops in
+the middle of its body holds a worker: in production this server runs behind the buffering
+proxy of deploy/nginx.conf, which hands it whole requests only.
+
+What granian answers itself, with an empty body and no log line (hyper's HTTP/1 parser):
+414 for a request target over 65534 bytes and 431 for more than 100 header fields (both fixed
+in granian 2.8.9), 431 for a request line and headers over HTTP1_BUFFER_SIZE, 400 for a
+request it cannot parse (a bad request line, header or Content-Length). A connection that
+has not sent its headers within HTTP1_HEADER_READ_TIMEOUT is closed without an answer.
 """
 
 import fcntl
@@ -12,8 +22,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from granian.constants import Interfaces
+from granian.constants import HTTPModes, Interfaces
+from granian.http import HTTP1Settings
 from granian.server import Server
+
+# Bytes a connection may buffer while reading a request line and headers (granian's default:
+# 408 KiB); more is 431. hyper checks it between two reads, so up to this much is always
+# taken and over twice this never (measured: 160 KiB taken, 256 KiB refused).
+HTTP1_BUFFER_SIZE = 128 * 1024
+# Milliseconds granian waits for a request's headers, from the connection's start or from
+# the previous answer on it (granian allows 1..60 s; default 30 s): a connection that sends
+# nothing, or stops within its headers, is closed. deploy/nginx.conf closes its idle
+# connections to us sooner than this, so it never sends on one being closed.
+HTTP1_HEADER_READ_TIMEOUT = 10_000
 
 METRICS_PREFIX = "inventory-metrics-"
 # Held (flock) by a running server on the file inside its metrics folder. The kernel lets go
@@ -29,8 +50,9 @@ def main() -> None:
             "SECRET_KEY is not set. Make one with:\n"
             "  python3 -c 'import secrets; print(secrets.token_urlsafe(50))'"
         )
-    # Each worker writes its metric samples here and /metrics adds them up. Emptied at every
-    # start, so samples of a previous run (or of workers killed with -9) are not counted.
+    # Each worker writes its metric samples here and /metrics adds them up. A folder the
+    # operator names is emptied at every start, so samples of a previous run (or of workers
+    # killed with -9) are not counted; otherwise the server makes its own and removes it.
     metrics = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     own = None
     if metrics:
@@ -45,6 +67,15 @@ def main() -> None:
             address=os.environ.get("HOST", "127.0.0.1"),
             port=int(os.environ.get("PORT", "8000")),
             interface=Interfaces.WSGI,
+            # HTTP/1.1 only. To tell HTTP/2 without TLS (h2c) from HTTP/1, granian waits for
+            # a new connection's first bytes with no timeout (measured: a silent connection
+            # was still open after 100 s); h2c also has limits of its own (16 MiB of
+            # headers). No client of this API needs it.
+            http=HTTPModes.http1,
+            http1_settings=HTTP1Settings(
+                header_read_timeout=HTTP1_HEADER_READ_TIMEOUT,
+                max_buffer_size=HTTP1_BUFFER_SIZE,
+            ),
             workers=int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count() or 1),
             blocking_threads=int(os.environ.get("THREADS", "1")),
             websockets=False,
