@@ -23,8 +23,10 @@ $(VENV)/.dev-deps: requirements.txt requirements-dev.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@ $(VENV)/.deps
 
-# Development: the embedded SQLite (db.sqlite3), Django's auto-reloading server, and a fresh
-# write token named local-dev (the previous one is revoked) for the curl line it prints.
+# Development: the embedded SQLite (db.sqlite3), granian with one worker that restarts when
+# the code changes (config/serve.py --reload; the production server's HTTP layer, so chunked
+# bodies and the limits behave as in production), and a fresh write token named local-dev
+# (the previous one is revoked) for the curl line it prints.
 run: $(VENV)/.deps
 	$(BIN)/python manage.py migrate --noinput
 	@$(BIN)/python manage.py token revoke local-dev >/dev/null 2>&1 || true
@@ -32,7 +34,7 @@ run: $(VENV)/.deps
 	echo && echo "Inventory service on http://$(HOST):$(PORT). Try:" && \
 	echo "  curl -s -X POST http://$(HOST):$(PORT)/items -H 'Authorization: Bearer $$token' -H 'Content-Type: application/json' -d '{\"name\": \"apple\", \"qty\": 5}'" && \
 	echo
-	$(BIN)/python manage.py runserver $(HOST):$(PORT)
+	exec $(BIN)/python -m config.serve --reload
 
 # Every test: lint, then the whole suite on SQLite and on PostgreSQL. TEST_POSTGRES_URL names
 # a PostgreSQL of your own (its role needs CREATEDB); without it a throwaway cluster is made.

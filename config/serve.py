@@ -1,5 +1,6 @@
 """The production server (`make serve`): granian running the WSGI app in WEB_CONCURRENCY
-worker processes, chosen by measurement (bench/servers.py, README "Performance").
+worker processes, chosen by measurement (bench/servers.py, README "Performance"). With
+--reload, the development server (`make run`).
 
 Settings from the environment: HOST, PORT, WEB_CONCURRENCY (default: one worker per CPU
 core), THREADS (threads per worker running the app, default 1).
@@ -15,6 +16,7 @@ request it cannot parse (a bad request line, header or Content-Length). A connec
 has not sent its headers within HTTP1_HEADER_READ_TIMEOUT is closed without an answer.
 """
 
+import argparse
 import fcntl
 import os
 import shutil
@@ -36,6 +38,7 @@ HTTP1_BUFFER_SIZE = 128 * 1024
 # connections to us sooner than this, so it never sends on one being closed.
 HTTP1_HEADER_READ_TIMEOUT = 10_000
 
+ROOT = Path(__file__).resolve().parent.parent
 METRICS_PREFIX = "inventory-metrics-"
 # Held (flock) by a running server on the file inside its metrics folder. The kernel lets go
 # of it when the last process holding it ends, however it ends, so a free lock is a folder
@@ -44,6 +47,20 @@ METRICS_LOCK = ".owner.lock"
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--reload",
+        action="store_true",
+        help="development (make run): one worker, restarted when a file under config/ or "
+        "inventory/ changes; no SECRET_KEY needed",
+    )
+    if parser.parse_args().reload:
+        develop()
+    else:
+        production()
+
+
+def production() -> None:
     if not os.environ.get("SECRET_KEY"):
         # Production never invents a credential: refuse to start without one.
         sys.exit(
@@ -62,32 +79,52 @@ def main() -> None:
         own = own_metrics_dir()
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(own)
     try:
-        Server(
-            "config.wsgi:application",
-            address=os.environ.get("HOST", "127.0.0.1"),
-            port=int(os.environ.get("PORT", "8000")),
-            interface=Interfaces.WSGI,
-            # HTTP/1.1 only. To tell HTTP/2 without TLS (h2c) from HTTP/1, granian waits for
-            # a new connection's first bytes with no timeout (measured: a silent connection
-            # was still open after 100 s); h2c also has limits of its own (16 MiB of
-            # headers). No client of this API needs it.
-            http=HTTPModes.http1,
-            http1_settings=HTTP1Settings(
-                header_read_timeout=HTTP1_HEADER_READ_TIMEOUT,
-                max_buffer_size=HTTP1_BUFFER_SIZE,
-            ),
+        server(
             workers=int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count() or 1),
-            blocking_threads=int(os.environ.get("THREADS", "1")),
-            websockets=False,
-            log_access=False,  # the service writes its own JSON line per request
             respawn_failed_workers=True,  # a worker that dies is replaced
-            # A worker stopped mid-request loses nothing: a write is one transaction or none.
-            workers_kill_timeout=10,
         ).serve()
     finally:
         # serve() returns (or exits) after SIGTERM or SIGINT, once every worker has stopped.
         if own:
             shutil.rmtree(own, ignore_errors=True)
+
+
+def develop() -> None:
+    """The same server with one worker (so its metrics need no shared folder), started anew
+    when the code changes. Only config/ and inventory/ are watched: the embedded SQLite
+    database and its lock file sit in the project's root and change with every write."""
+    server(
+        workers=1,
+        reload=True,
+        reload_paths=[ROOT / "config", ROOT / "inventory"],
+        # A change that breaks the import waits for the next change, as runserver does.
+        reload_ignore_worker_failure=True,
+    ).serve()
+
+
+def server(**settings) -> Server:
+    """granian with this service's settings, and `settings` on top."""
+    return Server(
+        "config.wsgi:application",
+        address=os.environ.get("HOST", "127.0.0.1"),
+        port=int(os.environ.get("PORT", "8000")),
+        interface=Interfaces.WSGI,
+        # HTTP/1.1 only. To tell HTTP/2 without TLS (h2c) from HTTP/1, granian waits for a
+        # new connection's first bytes with no timeout (measured: a silent connection was
+        # still open after 100 s); h2c also has limits of its own (16 MiB of headers). No
+        # client of this API needs it.
+        http=HTTPModes.http1,
+        http1_settings=HTTP1Settings(
+            header_read_timeout=HTTP1_HEADER_READ_TIMEOUT,
+            max_buffer_size=HTTP1_BUFFER_SIZE,
+        ),
+        blocking_threads=int(os.environ.get("THREADS", "1")),
+        websockets=False,
+        log_access=False,  # the service writes its own JSON line per request
+        # A worker stopped mid-request loses nothing: a write is one transaction or none.
+        workers_kill_timeout=10,
+        **settings,
+    )
 
 
 def own_metrics_dir() -> Path:
