@@ -2,10 +2,12 @@
 behind (deploy/nginx.conf) do on their own, before the service sees a request or after it
 has stopped."""
 
+import contextlib
 import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -394,3 +396,71 @@ def test_the_proxy_answers_its_own_refusals_in_json(proxied):
         "application/json",
         {"error": "bad_gateway"},
     )
+
+
+# -- make run ---------------------------------------------------------------------------------
+
+
+def test_make_run_answers_its_curl_line_and_a_chunked_body(tmp_path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'run.sqlite3'}",
+    }
+    env.pop("SECRET_KEY", None)  # development needs none
+    log = tmp_path / "run.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            ["make", "--no-print-directory", "run"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            try:
+                if raw(port, request("GET", "/healthz"))[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+
+        # The line it printed: curl -s -X POST URL -H ... -H ... -d BODY
+        line = next(line for line in log.read_text().splitlines() if line.strip().startswith("curl "))
+        words = iter(shlex.split(line)[1:])
+        method, url, headers, body = "GET", "", {}, b""
+        for word in words:
+            if word == "-X":
+                method = next(words)
+            elif word == "-H":
+                name, value = next(words).split(": ", 1)
+                headers[name] = value
+            elif word == "-d":
+                body = next(words).encode()
+            elif not word.startswith("-"):
+                url = word
+        assert url.startswith(f"http://127.0.0.1:{port}/"), line
+        path = url.removeprefix(f"http://127.0.0.1:{port}")
+        status, _, answer = raw(port, request(method, path, {**headers, "Content-Length": len(body)}, body))
+        assert status == 201, answer
+
+        headers["Transfer-Encoding"] = "chunked"
+        pear = json.dumps({"name": "pear", "qty": 2}).encode()
+        status, _, answer = raw(port, request("POST", "/items", headers, chunked(pear)))
+        assert status == 201, answer
+        assert json.loads(answer)["name"] == "pear"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise AssertionError("make run did not stop on SIGTERM") from None
