@@ -1,5 +1,6 @@
 """Settings, each read from the environment with a safe default."""
 
+import math
 import os
 from pathlib import Path
 
@@ -82,7 +83,43 @@ TEMPLATES = [
 STATIC_URL = "/static/"
 WHITENOISE_USE_FINDERS = True  # no collectstatic step needed to serve /docs
 
-# The database: DATABASE_URL, or the embedded SQLite file beside the code.
+
+def env_seconds(name: str, default: float) -> float:
+    """A duration in seconds from the environment: a finite number >= 0."""
+    value = os.environ.get(name, "").strip()
+    try:
+        seconds = float(value) if value else float(default)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise ImproperlyConfigured(f"{name} must be a number of seconds >= 0, not {value!r}")
+    return seconds
+
+
+# The database: DATABASE_URL, or the embedded SQLite file beside the code; and how long the
+# service may wait for it.
+# How long a write waits for the database before it is answered 503 database_unavailable.
+# On SQLite, the turn at the writer lock and then SQLite's busy handler, together (config/sqlite).
+SQLITE_BUSY_TIMEOUT = env_seconds("SQLITE_BUSY_TIMEOUT", 10)
+# On PostgreSQL, as the role's defaults in the database, set at every migrate
+# (inventory/timeouts.py): they hold behind a pooler in transaction mode, where a per-session
+# SET or a startup option would not. 0 turns a bound off.
+# - lock_timeout cancels a statement that waits longer for one lock (SQLSTATE 55P03). It counts
+#   each lock on its own, and a writer queued behind another for the same row waits for two
+#   (the row's queue, then its holder): 4 s keeps that within the contract's 10 s.
+# - statement_timeout cancels a statement that takes longer in all (57014): runaway work, and
+#   the last bound on lock waits. Maintenance commands on a large database may need it lifted
+#   for their own session: PGOPTIONS="-c statement_timeout=0" manage.py verify
+# - idle_in_transaction_session_timeout ends a session left idle inside a transaction (a
+#   stopped or stuck client), which frees the rows it had locked; the service's own
+#   transactions are never idle for more than milliseconds.
+DATABASE_LOCK_TIMEOUT = env_seconds("DATABASE_LOCK_TIMEOUT", 4)
+DATABASE_STATEMENT_TIMEOUT = env_seconds("DATABASE_STATEMENT_TIMEOUT", 30)
+DATABASE_IDLE_IN_TRANSACTION_TIMEOUT = env_seconds("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", 10)
+# How long opening a connection to PostgreSQL may take: libpq counts whole seconds, at least 2,
+# per address tried (psycopg's own default is 130 s).
+DATABASE_CONNECT_TIMEOUT = max(2, math.ceil(env_seconds("DATABASE_CONNECT_TIMEOUT", 5)))
+
 DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
 DATABASES = {
     "default": dj_database_url.parse(
@@ -97,9 +134,25 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         # IMMEDIATE: a write transaction takes the write lock when it begins, so two
         # writers queue on the busy timeout instead of one failing mid-transaction.
         "transaction_mode": "IMMEDIATE",
-        "timeout": float(os.environ.get("SQLITE_BUSY_TIMEOUT", "10")),
+        "timeout": SQLITE_BUSY_TIMEOUT,
         # WAL lets readers run beside the writer; FULL makes every commit durable.
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL",
+    }
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # libpq connection parameters; any given in DATABASE_URL's query string win.
+    DATABASES["default"]["OPTIONS"] = {
+        "connect_timeout": DATABASE_CONNECT_TIMEOUT,
+        # A server that vanished mid-statement (host down, network cut) sends nothing: the
+        # client would wait for its answer forever, or some 15 minutes of retransmissions if
+        # the query was not yet acknowledged. TCP keepalives find a silent peer within
+        # 5 + 3 * 2 s, and data unacknowledged for 10 s fails the connection (libpq docs,
+        # "Parameter Key Words"). Unix-domain sockets ignore these.
+        "keepalives": 1,
+        "keepalives_idle": 5,
+        "keepalives_interval": 2,
+        "keepalives_count": 3,
+        "tcp_user_timeout": 10_000,  # ms
+        **DATABASES["default"].get("OPTIONS", {}),
     }
 
 # How long a process trusts a token it found active before asking the database again: the

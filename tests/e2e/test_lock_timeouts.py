@@ -12,6 +12,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -236,3 +237,78 @@ def test_sqlite_a_write_waits_at_most_the_busy_timeout_in_all(tmp_path, django_d
         # The next write gets the whole timeout again, and goes through.
         begin_and_commit(waiter)
         waiter.close()
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="row locks and lock_timeout are PostgreSQL's")
+@pytest.mark.parametrize(
+    ("timeouts", "queued_seconds"),
+    [
+        # lock_timeout fires: LockNotAvailable (SQLSTATE 55P03). It bounds each lock acquisition
+        # on its own: a writer queued behind another for the same row waits for the row's
+        # queue, then for its holder, so up to twice the timeout.
+        ({"DATABASE_LOCK_TIMEOUT": str(TIMEOUT)}, 2 * TIMEOUT + SLACK),
+        # lock_timeout off, statement_timeout fires: QueryCanceled (SQLSTATE 57014).
+        ({"DATABASE_LOCK_TIMEOUT": "0", "DATABASE_STATEMENT_TIMEOUT": str(TIMEOUT)}, TIMEOUT + SLACK),
+    ],
+    ids=["lock_timeout", "statement_timeout"],
+)
+def test_postgres_writes_held_up_by_a_row_lock_are_503_in_time_and_write_nothing(
+    database_url, tmp_path, timeouts, queued_seconds
+):
+    import psycopg
+
+    server = start_server(database_url, tmp_path, **timeouts)
+    try:
+        item_ids = create_items(server, 4)
+        before = state(server, item_ids)
+        with psycopg.connect(database_url) as holder:
+            # This session waits for nothing and must outlive the test's wait.
+            holder.execute("SET idle_in_transaction_session_timeout = 0")
+            holder.execute(
+                "SELECT id FROM inventory_item WHERE id = ANY(%s) FOR UPDATE",
+                [[uuid.UUID(item_id) for item_id in item_ids]],
+            )
+            try:
+                # One write per locked row, and two more queued behind the first.
+                queued = writes(item_ids[:1], queued_seconds)[:2]
+                send_while_locked(server, writes(item_ids, TIMEOUT + SLACK) + queued, item_ids[0])
+            finally:
+                holder.rollback()
+        assert state(server, item_ids) == before
+
+        status, after = server.client.request("PATCH", f"/items/{item_ids[0]}/qty", {"delta": 2})
+        assert (status, after["qty"]) == (200, 7), after
+        server.verify()
+    finally:
+        server.stop()
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="idle_in_transaction_session_timeout is PostgreSQL's")
+def test_postgres_session_left_idle_in_a_transaction_is_ended_and_its_locks_freed(database_url, tmp_path):
+    import psycopg
+
+    server = start_server(database_url, tmp_path, DATABASE_IDLE_IN_TRANSACTION_TIMEOUT=str(TIMEOUT))
+    try:
+        [item_id] = create_items(server, 1)
+        # A client of the same role and database that locks a row and then stalls, as a
+        # stopped process would: the role's default ends its session, and the lock with it.
+        holder = psycopg.connect(database_url)
+        try:
+            holder.execute("SELECT id FROM inventory_item WHERE id = %s FOR UPDATE", [uuid.UUID(item_id)])
+
+            def written() -> bool:
+                return (
+                    call(server, "PATCH", f"/items/{item_id}/qty", {"delta": 1}, timeout=TIMEOUT + 10)[0]
+                    == 200
+                )
+
+            wait_until(written, TIMEOUT + 10, "a write goes through after the stalled session is ended")
+            # psycopg raises IdleInTransactionSessionTimeout (25P03) when it reads the server's
+            # farewell, OperationalError when the connection is already gone.
+            with pytest.raises((psycopg.errors.IdleInTransactionSessionTimeout, psycopg.OperationalError)):
+                holder.execute("SELECT 1")
+        finally:
+            holder.close()
+        server.verify()
+    finally:
+        server.stop()
