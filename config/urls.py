@@ -1,6 +1,7 @@
 from django.core.exceptions import DisallowedHost
 from django.http import JsonResponse
 from django.urls import path, re_path
+from django.views.decorators.http import require_GET
 
 from inventory.http.api import api
 
@@ -9,8 +10,14 @@ def not_found(request, *args, **kwargs):
     return JsonResponse({"error": "not_found"}, status=404)
 
 
+api_patterns, app_name, namespace = api.urls
+for pattern in api_patterns:
+    # ninja serves its document and docs page to any method; they answer GET (and HEAD) only.
+    if pattern.name in ("openapi-json", "openapi-view"):
+        pattern.callback = require_GET(pattern.callback)
+
 urlpatterns = [
-    path("", api.urls),
+    path("", (api_patterns, app_name, namespace)),
     # Any other path, including an <id> that is not a UUID, gets the same JSON 404.
     re_path(r"", not_found, name="not_found"),
 ]

@@ -88,8 +88,7 @@ def http_semantics(get_response):
 def _drop_body(response) -> None:
     """Keep the headers GET would send, Content-Length included; send no body."""
     if response.streaming:
-        if hasattr(response, "close"):
-            response.close()
+        # Not closed here: the server closes the response (and its file) once it is sent.
         response.streaming_content = []
     else:
         response["Content-Length"] = str(len(response.content))
