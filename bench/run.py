@@ -49,6 +49,7 @@ WORKLOADS = {
     "get_item": ("GET /items/<id>", "get_item", "read"),
     "post_items": ("POST /items", "post_items", "write"),
     "adjustments": ("POST /adjustments, 10 changes", "adjustments", "write"),
+    "hold_commit": ("POST /holds, then its commit", "hold_commit", "write"),
     "first_page": ("GET /items, first page", "list_items", "read"),
     "deep_page": ("GET /items, deep page", "list_items", "read"),
 }
@@ -345,7 +346,7 @@ def run_engine(args) -> None:
             limit = measure_db_limit(conn, args.engine, ids[0], args.duration)
             db_limits.append({**limit, "repeat": repeat})
             print(f"{args.engine} r{repeat} DB limit {limit['commits_per_s']:.1f} commits/s", flush=True)
-            for workload in ("hot_row", "spread", "get_item", "post_items", "adjustments"):
+            for workload in ("hot_row", "spread", "get_item", "post_items", "adjustments", "hold_commit"):
                 measure(workload, repeat, args.connections, SIZES[0])
             for workload in ("hot_row", "get_item"):
                 for level in LEVELS:

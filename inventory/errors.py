@@ -29,6 +29,19 @@ class QtyBelowZero(InvalidInput):
     message = "qty cannot go below 0"
 
 
+class QtyBelowReserved(InvalidInput):
+    """A delta would leave less on hand than active holds set aside."""
+
+    message = "qty cannot go below reserved"
+
+    def __init__(self, *, reserved: int, item_id=None):
+        super().__init__(item_id=item_id)
+        self.reserved = reserved
+
+    def details(self) -> dict:
+        return {"reserved": self.reserved}
+
+
 class QtyAboveMax(InvalidInput):
     message = "qty cannot go above 9223372036854775807"
 
@@ -56,6 +69,35 @@ class StaleQty(InventoryError):
         return {"qty": self.qty}
 
 
+class Conflict(InventoryError):
+    """The request is valid but the current state refuses it (409)."""
+
+
+class NotEnoughStock(Conflict):
+    """A hold line asks for more than the item's available stock."""
+
+    message = "not enough available stock"
+
+    def __init__(self, *, available: int, item_id=None):
+        super().__init__(item_id=item_id)
+        self.available = available
+
+    def details(self) -> dict:
+        return {"available": self.available}
+
+
+class HoldNotActive(Conflict):
+    """The action needs an active hold (or, for commit and release, one in their own end state)."""
+
+    def __init__(self, *, state: str):
+        super().__init__(f"hold is {state}")
+        self.state = state
+
+
+class ItemHasActiveHolds(Conflict):
+    message = "item has active holds"
+
+
 class IdempotencyKeyInUse(InventoryError):
     message = "a request with this Idempotency-Key is still running"
 
@@ -66,3 +108,18 @@ class IdempotencyKeyReused(InventoryError):
 
 class TokenNameTaken(InventoryError):
     message = "an active token with this name already exists"
+
+
+# The contract's order of refusals ("Errors"): when several lines of a batch or a hold are
+# refused, the first kind in this order is given, for the first such line in id order.
+REFUSAL_ORDER = (ItemNotFound, StaleQty, QtyBelowZero, QtyBelowReserved, QtyAboveMax, NotEnoughStock)
+
+
+def first_refusal(refusals: list[InventoryError]) -> InventoryError:
+    """The refusal to give among several lines' (each with its item_id)."""
+
+    def rank(exc: InventoryError) -> tuple[int, str]:
+        kind = next((n for n, cls in enumerate(REFUSAL_ORDER) if isinstance(exc, cls)), len(REFUSAL_ORDER))
+        return kind, str(exc.item_id)
+
+    return min(refusals, key=rank)

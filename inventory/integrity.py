@@ -4,9 +4,9 @@ from django.db import DatabaseError, connection
 from django.db.migrations.executor import MigrationExecutor
 from django.db.models import Max, Sum
 
-from inventory import invariants
+from inventory import clock, invariants, reservations
 from inventory.errors import InvalidInput
-from inventory.models import Item, Movement
+from inventory.models import Hold, HoldLine, Item, Movement
 
 
 def invariant_violations() -> list[str]:
@@ -14,9 +14,10 @@ def invariant_violations() -> list[str]:
     problems = []
     seen: dict[str, str] = {}
     # values_list returns what the database holds: a REAL qty stays a float, and so is caught.
-    for item_id, name, qty in Item.objects.order_by("pk").values_list("pk", "name", "qty").iterator():
+    rows = Item.objects.order_by("pk").values_list("pk", "name", "qty", "low_stock_threshold")
+    for item_id, name, qty, threshold in rows.iterator():
         try:
-            valid = invariants.validate_item({"name": name, "qty": qty})
+            valid = invariants.validate_item({"name": name, "qty": qty, "low_stock_threshold": threshold})
         except InvalidInput as exc:
             problems.append(f"item {item_id}: {exc.message} (name={name!r}, qty={qty!r})")
             continue
@@ -25,7 +26,7 @@ def invariant_violations() -> list[str]:
         if valid["name"] in seen:
             problems.append(f"item {item_id}: name {valid['name']!r} is also item {seen[valid['name']]}")
         seen.setdefault(valid["name"], str(item_id))
-    return problems + _ledger_violations()
+    return problems + _ledger_violations() + _hold_violations()
 
 
 def _ledger_violations() -> list[str]:
@@ -46,6 +47,54 @@ def _ledger_violations() -> list[str]:
             problems.append(f"item {item_id}: qty {qty!r} but its movements add up to {total!r}")
         elif qty_left[item_id] != qty:
             problems.append(f"item {item_id}: qty {qty!r} but its last movement left {qty_left[item_id]!r}")
+    return problems
+
+
+def _hold_violations() -> list[str]:
+    """For every item: the stored `reserved` is the sum of the lines it counts, within
+    0..qty, and holds_expire_at their earliest expiry; what it reserves now is the sum of the
+    lines of its active holds. A line is counted only while its hold is active, or expired
+    with nobody having collected it yet."""
+    now = clock.now()
+    holds = {
+        hold_id: (state, expires_at)
+        for hold_id, state, expires_at in Hold.objects.values_list("id", "state", "expires_at")
+    }
+    counted: dict = {}
+    earliest: dict = {}
+    active: dict = {}
+    problems = []
+    for line_id, hold_id, item_id, qty, reserving, expires_at in HoldLine.objects.values_list(
+        "id", "hold_id", "item_id", "qty", "reserving", "expires_at"
+    ).iterator():
+        stored_state, hold_expires_at = holds[hold_id]
+        state = invariants.hold_state(stored_state, hold_expires_at, now)
+        if expires_at != hold_expires_at:
+            problems.append(
+                f"hold {hold_id}: line {line_id} expires at {expires_at}, the hold at {hold_expires_at}"
+            )
+        if reserving:
+            counted[item_id] = counted.get(item_id, 0) + qty
+            earliest[item_id] = min(earliest.get(item_id, expires_at), expires_at)
+            if state != invariants.ACTIVE and not (state == invariants.EXPIRED and expires_at <= now):
+                problems.append(f"hold {hold_id}: {state}, yet its line for item {item_id} is still counted")
+        if state == invariants.ACTIVE:
+            active[item_id] = active.get(item_id, 0) + qty
+    for item_id, qty, reserved, holds_expire_at in (
+        Item.objects.order_by("pk").values_list("pk", "qty", "reserved", "holds_expire_at").iterator()
+    ):
+        if not 0 <= reserved <= qty:
+            problems.append(f"item {item_id}: reserved {reserved} is not within 0..qty ({qty})")
+        lines, first, held = counted.get(item_id, 0), earliest.get(item_id), active.get(item_id, 0)
+        if reserved != lines:
+            problems.append(f"item {item_id}: reserved {reserved} but its counted lines add up to {lines}")
+        if holds_expire_at != first:
+            problems.append(
+                f"item {item_id}: holds_expire_at {holds_expire_at} but its lines' earliest is {first}"
+            )
+        exact = reservations.reserved_now(item_id, reserved, holds_expire_at, now)
+        if exact != held:
+            problems.append(f"item {item_id}: reserves {exact} now but its active holds add up to {held}")
     return problems
 
 

@@ -6,13 +6,29 @@ Everything that writes an item goes through here first.
 
 import unicodedata
 
-from inventory.errors import InvalidInput, QtyAboveMax, QtyBelowZero
+from inventory.errors import (
+    HoldNotActive,
+    InvalidInput,
+    NotEnoughStock,
+    QtyAboveMax,
+    QtyBelowReserved,
+    QtyBelowZero,
+)
 
 QTY_MAX = 2**63 - 1  # a signed 64-bit column on SQLite and PostgreSQL
 NAME_MAX_LENGTH = 200
 REASON_MAX_LENGTH = 500
+REFERENCE_MAX_LENGTH = 200
 BATCH_MAX_CHANGES = 1000
+HOLD_MAX_LINES = 100
+HOLD_TTL_MAX_SECONDS = 7 * 24 * 3600
+HOLD_TTL_DEFAULT_SECONDS = 900
 ITEM_FIELDS = frozenset({"name", "qty"})
+ITEM_OPTIONAL_FIELDS = frozenset({"low_stock_threshold"})
+
+# A hold's life: active -> committed | released | expired, one way.
+ACTIVE, COMMITTED, RELEASED, EXPIRED = HOLD_STATES = ("active", "committed", "released", "expired")
+COMMIT, RELEASE, EXTEND = "commit", "release", "extend"
 # An id is written as RFC 9562 shows a UUID: 8-4-4-4-12 hex digits, either case (section 4:
 # case-insensitive on input). The same spelling is accepted in a path, a query and a body.
 ID_PATTERN = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -65,61 +81,140 @@ def check_delta(value: object) -> int:
     return delta
 
 
-def check_reason(value: object) -> str | None:
-    """A movement's free-text reason: absent, or storable text of at most 500 characters."""
+def _check_text(value: object, field: str, max_length: int) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise InvalidInput("reason must be a string", field="reason")
-    if len(value) > REASON_MAX_LENGTH:
-        raise InvalidInput(f"reason must be at most {REASON_MAX_LENGTH} characters", field="reason")
+        raise InvalidInput(f"{field} must be a string", field=field)
+    if len(value) > max_length:
+        raise InvalidInput(f"{field} must be at most {max_length} characters", field=field)
     if any(unicodedata.category(char) in _UNSTORABLE_CATEGORIES for char in value):
-        raise InvalidInput("reason must not contain control characters", field="reason")
+        raise InvalidInput(f"{field} must not contain control characters", field=field)
     return value
 
 
-def check_changes(changes: list[dict]) -> list[dict]:
-    """A batch: 1..1000 changes {id, delta, expected_qty?}, each id once. An error names the
-    change as its position and its id: field "changes.<position>.<field>"."""
-    if not 1 <= len(changes) <= BATCH_MAX_CHANGES:
-        raise InvalidInput(f"changes must hold 1 to {BATCH_MAX_CHANGES} changes", field="changes")
+def check_reason(value: object) -> str | None:
+    """A movement's free-text reason: absent, or storable text of at most 500 characters."""
+    return _check_text(value, "reason", REASON_MAX_LENGTH)
+
+
+def check_reference(value: object) -> str | None:
+    """The outside document a change or hold belongs to (an order number, a URI): absent, or
+    storable text of at most 200 characters."""
+    return _check_text(value, "reference", REFERENCE_MAX_LENGTH)
+
+
+def check_threshold(value: object) -> int | None:
+    """low_stock_threshold: null, or an integer in 0..QTY_MAX (items)."""
+    return None if value is None else check_qty(value, "low_stock_threshold")
+
+
+def check_ttl(value: object) -> int:
+    """A hold's time to live: a JSON integer of seconds in 1..604800 (7 days)."""
+    ttl = _require_int(value, "ttl_seconds")
+    if not 1 <= ttl <= HOLD_TTL_MAX_SECONDS:
+        raise InvalidInput(f"ttl_seconds must be between 1 and {HOLD_TTL_MAX_SECONDS}", field="ttl_seconds")
+    return ttl
+
+
+def _check_lines(lines: list[dict], field: str, max_lines: int, check_line, unit: str) -> list[dict]:
+    """1..max_lines lines, each naming an item id once, each checked by check_line(line),
+    which returns the line as stored or raises InvalidInput naming its field. An error names
+    the line as its position and its id: field "<field>.<position>.<line field>"."""
+    if not 1 <= len(lines) <= max_lines:
+        raise InvalidInput(f"{field} must hold 1 to {max_lines} {unit}", field=field)
     seen = set()
     checked = []
-    for position, change in enumerate(changes):
-        item_id = change["id"]
+    for position, line in enumerate(lines):
+        item_id = line["id"]
         if item_id in seen:
-            # Two lines for one item would be checked against the same stock.
+            # Two lines for one item would each be checked against the same stock.
             raise InvalidInput(
-                f"item {item_id} appears more than once", field=f"changes.{position}.id", item_id=item_id
+                f"item {item_id} appears more than once", field=f"{field}.{position}.id", item_id=item_id
             )
         seen.add(item_id)
-        expected = change.get("expected_qty")
         try:
-            delta = check_delta(change["delta"])
-            expected = None if expected is None else check_qty(expected, "expected_qty")
+            checked.append({"id": item_id, **check_line(line)})
         except InvalidInput as error:
             raise InvalidInput(
-                error.message, field=f"changes.{position}.{error.field}", item_id=item_id
+                error.message.replace(error.field, f"{field}.{position}.{error.field}", 1),
+                field=f"{field}.{position}.{error.field}",
+                item_id=item_id,
             ) from None
-        checked.append({"id": item_id, "delta": delta, "expected_qty": expected})
     return checked
+
+
+def _hold_line(line: dict) -> dict:
+    qty = _require_int(line["qty"], "qty")
+    if not 1 <= qty <= QTY_MAX:
+        raise InvalidInput(f"qty must be between 1 and {QTY_MAX}", field="qty")
+    return {"qty": qty}
+
+
+def check_hold_lines(lines: list[dict]) -> list[dict]:
+    """A hold's lines: 1..100 lines {id, qty >= 1}, each id once."""
+    return _check_lines(lines, "lines", HOLD_MAX_LINES, _hold_line, "lines")
+
+
+def line_fits(available: int, qty: int, item_id=None) -> None:
+    """A hold line takes at most what is available; raises NotEnoughStock."""
+    if qty > available:
+        raise NotEnoughStock(available=available, item_id=item_id)
+
+
+def hold_state(stored: str, expires_at, now) -> str:
+    """The state every reader sees: an active hold is expired from the instant now >= expires_at,
+    whether or not any process has written so."""
+    return EXPIRED if stored == ACTIVE and now >= expires_at else stored
+
+
+def hold_action(state: str, action: str) -> tuple[str, bool]:
+    """The hold state machine: (state after, whether anything changes), or HoldNotActive.
+    Repeating the action that made the state is a no-op (commit a committed hold, release a
+    released one); releasing an expired hold changes nothing; nothing leaves committed,
+    released or expired."""
+    if state == ACTIVE:
+        return {COMMIT: COMMITTED, RELEASE: RELEASED, EXTEND: ACTIVE}[action], True
+    if (state, action) in {(COMMITTED, COMMIT), (RELEASED, RELEASE), (EXPIRED, RELEASE)}:
+        return state, False
+    raise HoldNotActive(state=state)
+
+
+def _change(change: dict) -> dict:
+    expected = change.get("expected_qty")
+    return {
+        "delta": check_delta(change["delta"]),
+        "expected_qty": None if expected is None else check_qty(expected, "expected_qty"),
+    }
+
+
+def check_changes(changes: list[dict]) -> list[dict]:
+    """A batch: 1..1000 changes {id, delta, expected_qty?}, each id once."""
+    return _check_lines(changes, "changes", BATCH_MAX_CHANGES, _change, "changes")
 
 
 def validate_item(data: dict) -> dict:
     """Return the item's fields as stored, or raise InvalidInput naming the first bad field."""
-    unknown = sorted(set(data) - ITEM_FIELDS)
+    unknown = sorted(set(data) - ITEM_FIELDS - ITEM_OPTIONAL_FIELDS)
     if unknown:
         raise InvalidInput(f"unknown field: {unknown[0]}", field=unknown[0])
     for field in sorted(ITEM_FIELDS - set(data)):
         raise InvalidInput(f"{field} is required", field=field)
-    return {"name": normalize_name(data["name"]), "qty": check_qty(data["qty"])}
+    return {
+        "name": normalize_name(data["name"]),
+        "qty": check_qty(data["qty"]),
+        "low_stock_threshold": check_threshold(data.get("low_stock_threshold")),
+    }
 
 
-def apply_delta(qty: int, delta: int) -> int:
-    """The quantity transition qty' = qty + delta, or the reason it is refused."""
+def apply_delta(qty: int, delta: int, reserved: int = 0) -> int:
+    """The quantity transition qty' = qty + delta, or the reason it is refused, in the
+    contract's order: below 0, below reserved (held stock is released first), above the bound."""
     new_qty = qty + delta
     if new_qty < 0:
         raise QtyBelowZero()
+    if new_qty < reserved:
+        raise QtyBelowReserved(reserved=reserved)
     if new_qty > QTY_MAX:
         raise QtyAboveMax()
     return new_qty

@@ -3,54 +3,79 @@
 A service returns the item, returns None when the item does not exist, or raises a typed
 error from inventory.errors; in every failing case nothing has been written. Every change of
 qty writes its movement (the ledger) in the same transaction. No read opens a transaction:
-on SQLite that would take the write lock.
+on SQLite that would take the write lock. Every item returned carries its exact `reserved`
+(inventory.reservations).
 """
 
 import functools
 import uuid
 
 from django.db import IntegrityError, connection, transaction
-from django.utils import timezone
 
-from inventory import invariants, metrics, sql
-from inventory.errors import DuplicateName, InventoryError, ItemNotFound, StaleQty
+from inventory import clock, invariants, metrics, reservations, sql
+from inventory.errors import (
+    DuplicateName,
+    InventoryError,
+    ItemHasActiveHolds,
+    ItemNotFound,
+    StaleQty,
+    first_refusal,
+)
 from inventory.models import Item, Movement
 from inventory.transactions import retry_on_conflict
 
+UNSET = object()  # a field the request leaves as it is
 
-def _record(*movements: dict) -> None:
-    """Write movements, each from _movement(), in one INSERT."""
+
+def record(*movements: dict) -> None:
+    """Write movements, each from movement(), in one INSERT."""
     head, row, fields = sql.movement_insert(connection.vendor)
-    at = timezone.now()
+    at = clock.now()
     params = []
-    for movement in movements:
-        values = {**movement, "at": at}
+    for entry in movements:
+        values = {**entry, "at": at}
         params += [field.get_db_prep_save(values[field.attname], connection) for field in fields]
     with connection.cursor() as cursor:
         cursor.execute(head + ", ".join([row] * len(movements)), params)
-    for kind in {movement["kind"] for movement in movements}:
-        count = sum(movement["kind"] == kind for movement in movements)
+    for kind in {entry["kind"] for entry in movements}:
+        count = sum(entry["kind"] == kind for entry in movements)
         transaction.on_commit(functools.partial(metrics.QTY_TRANSITIONS.labels(kind).inc, count))
 
 
-def _movement(item_id, kind: str, delta: int, qty_after: int, reason: str | None, request_id: str) -> dict:
+def movement(
+    item_id,
+    kind: str,
+    delta: int,
+    qty_after: int,
+    *,
+    actor: str,
+    request_id: str,
+    reason: str | None = None,
+    reference: str | None = None,
+    hold_id=None,
+) -> dict:
     return {
         "item_id": item_id,
         "kind": kind,
         "delta": delta,
         "qty_after": qty_after,
         "reason": reason,
+        "reference": reference,
+        "hold_id": hold_id,
+        "actor": actor,
         "request_id": request_id,
     }
 
 
-def item_create(*, name: object, qty: object, request_id: str = "") -> Item:
-    """Raises InvalidInput for a name or qty the invariants refuse, DuplicateName for a taken name."""
-    item = Item(name=name, qty=qty)
+def item_create(
+    *, name: object, qty: object, low_stock_threshold: object = None, actor: str = "", request_id: str = ""
+) -> Item:
+    """Raises InvalidInput for a field the invariants refuse, DuplicateName for a taken name."""
+    item = Item(name=name, qty=qty, low_stock_threshold=low_stock_threshold)
     try:
         with transaction.atomic():
             item.save(force_insert=True)
-            _record(_movement(item.id, Movement.CREATE, item.qty, item.qty, None, request_id))
+            record(movement(item.id, Movement.CREATE, item.qty, item.qty, actor=actor, request_id=request_id))
     except IntegrityError as exc:
         # The invariants passed, so the constraint that failed is the unique name:
         # a racing create of the same name won.
@@ -58,68 +83,75 @@ def item_create(*, name: object, qty: object, request_id: str = "") -> Item:
     return item
 
 
-def item_rename(*, item_id: uuid.UUID, name: object) -> Item | None:
-    """Raises InvalidInput for a name the invariants refuse, DuplicateName for a taken name."""
-    new_name = invariants.normalize_name(name)
+@retry_on_conflict
+def item_update(
+    *, item_id: uuid.UUID, name: object = UNSET, low_stock_threshold: object = UNSET
+) -> Item | None:
+    """Rename the item and/or set its low_stock_threshold (a field left UNSET keeps its value).
+    Raises InvalidInput for a value the invariants refuse, DuplicateName for a taken name."""
+    changes = {}
+    if name is not UNSET:
+        changes["name"] = invariants.normalize_name(name)
+    if low_stock_threshold is not UNSET:
+        changes["low_stock_threshold"] = invariants.check_threshold(low_stock_threshold)
     try:
         with transaction.atomic():
-            item = Item.objects.select_for_update().filter(pk=item_id).first()
+            item = reservations.lock_item(item_id)
             if item is None:
                 return None
-            item.name = new_name
-            item.save(update_fields=["name"])
+            Item.objects.filter(pk=item_id).update(**changes)
     except IntegrityError as exc:
         raise DuplicateName(field="name") from exc
+    for field, value in changes.items():
+        setattr(item, field, value)
     return item
 
 
-def item_delete(*, item_id: uuid.UUID, request_id: str = "") -> int | None:
-    """Delete the item; returns the qty it removed, or None when there was no such item."""
+@retry_on_conflict
+def item_delete(*, item_id: uuid.UUID, actor: str = "", request_id: str = "") -> int | None:
+    """Delete the item; returns the qty it removed, or None when there was no such item.
+    Raises ItemHasActiveHolds while any hold sets some of it aside."""
     with transaction.atomic():
-        item = Item.objects.select_for_update().filter(pk=item_id).first()
+        item = reservations.lock_item(item_id)
         if item is None:
             return None
-        item.delete()
-        _record(_movement(item_id, Movement.DELETE, -item.qty, 0, None, request_id))
+        if item.reserved:
+            raise ItemHasActiveHolds(item_id=item_id)
+        Item.objects.filter(pk=item_id).delete()
+        record(movement(item_id, Movement.DELETE, -item.qty, 0, actor=actor, request_id=request_id))
     return item.qty
 
 
 def _guarded_add(item_id: uuid.UUID, delta: int, expected_qty: int | None) -> Item | None:
-    """qty += delta in one UPDATE whose guard keeps qty in [0, QTY_MAX] (and, for a
-    compare-and-set, requires qty == expected_qty). Returns the item as updated, or None
-    when the guard refused or the item does not exist.
-
-    The bound is written so that no intermediate value leaves the 64-bit range:
-    SQLite would turn an overflowing sum into a REAL and PostgreSQL would raise.
-    """
-    statement, order = sql.guarded_update(connection.vendor, delta < 0, expected_qty is not None)
-    values = {
-        "delta": delta,
-        "bound": -delta if delta < 0 else invariants.QTY_MAX - delta,
-        "expected_qty": expected_qty,
-        "id": Item._meta.pk.get_db_prep_value(item_id, connection),
-    }
+    """qty += delta in one guarded UPDATE (sql.guarded_add). Returns the item as updated,
+    or None when the guard refused or the item does not exist."""
+    statement = sql.guarded_add(connection.vendor, delta < 0, expected_qty is not None)
+    params = [delta, sql.param(Item, "id", item_id), -delta if delta < 0 else invariants.QTY_MAX - delta]
+    if expected_qty is not None:
+        params.append(expected_qty)
     with connection.cursor() as cursor:
-        cursor.execute(statement, [values[name] for name in order])
-        row = cursor.fetchone()
-    return None if row is None else Item(id=item_id, name=row[0], qty=row[1])
+        cursor.execute(statement, params)
+        return reservations.item_from_row(item_id, cursor.fetchone())
 
 
-def _adjust(item_id: uuid.UUID, delta: int, expected_qty: int | None) -> Item | None:
-    """The quantity transition, inside the caller's transaction, which records its movement."""
+def adjust(item_id: uuid.UUID, delta: int, expected_qty: int | None) -> Item | None:
+    """The quantity transition, inside the caller's transaction, which records its movement.
+    The guard compares with the stored `reserved`, which may still count expired holds: a
+    delta it refuses is tried again once those are collected."""
     item = _guarded_add(item_id, delta, expected_qty)
     if item is None:
         # Refused or missing. Lock the row so the reason we give is the true one:
         # another writer may have moved qty since the guard ran.
-        current = Item.objects.select_for_update().filter(pk=item_id).values_list("qty", flat=True).first()
+        current = reservations.lock_item(item_id)
         if current is None:
             return None
-        if expected_qty is not None and current != expected_qty:
-            raise StaleQty(qty=current, item_id=item_id)
-        invariants.apply_delta(current, delta)  # raises the reason it is refused
-        # qty moved in between and the delta now fits; the row is locked, so this applies.
+        if expected_qty is not None and current.qty != expected_qty:
+            raise StaleQty(qty=current.qty, item_id=item_id)
+        invariants.apply_delta(current.qty, delta, current.reserved)  # raises the reason it is refused
+        # qty moved in between, or expired holds were collected, and the delta now fits;
+        # the row is locked, so this applies.
         item = _guarded_add(item_id, delta, expected_qty)
-    return item
+    return reservations.exact(item)
 
 
 @retry_on_conflict
@@ -129,63 +161,107 @@ def qty_adjust(
     delta: object,
     expected_qty: object = None,
     reason: object = None,
+    reference: object = None,
+    actor: str = "",
     request_id: str = "",
 ) -> Item | None:
-    """qty' = qty + delta. Raises InvalidInput (bad delta, QtyBelowZero, QtyAboveMax) or
-    StaleQty (expected_qty given and not the current qty)."""
+    """qty' = qty + delta. Raises InvalidInput (bad delta or text, QtyBelowZero,
+    QtyBelowReserved, QtyAboveMax) or StaleQty (expected_qty given and not the current qty)."""
     delta = invariants.check_delta(delta)
     expected_qty = None if expected_qty is None else invariants.check_qty(expected_qty, "expected_qty")
     reason = invariants.check_reason(reason)
+    reference = invariants.check_reference(reference)
     with transaction.atomic():
-        item = _adjust(item_id, delta, expected_qty)
+        item = adjust(item_id, delta, expected_qty)
         if item is not None:
-            _record(_movement(item_id, Movement.ADJUST, delta, item.qty, reason, request_id))
+            record(
+                movement(
+                    item_id,
+                    Movement.ADJUST,
+                    delta,
+                    item.qty,
+                    reason=reason,
+                    reference=reference,
+                    actor=actor,
+                    request_id=request_id,
+                )
+            )
     return item
 
 
 @retry_on_conflict
-def adjustment_apply(*, changes: list[dict], reason: object = None, request_id: str = "") -> list[Item]:
-    """Apply every change or none; raises ItemNotFound or the first refusal in id order.
+def adjustment_apply(
+    *,
+    changes: list[dict],
+    reason: object = None,
+    reference: object = None,
+    actor: str = "",
+    request_id: str = "",
+) -> list[Item]:
+    """Apply every change or none; raises the first refusal in the contract's order
+    (errors.first_refusal): ItemNotFound, StaleQty, then the delta's own refusals.
     Rows are updated in id order, so two batches that touch the same items lock them in the
     same order and cannot deadlock each other."""
     changes = invariants.check_changes(changes)
     reason = invariants.check_reason(reason)
+    reference = invariants.check_reference(reference)
     with transaction.atomic():
-        applied = {}
+        applied, refusals = {}, []
         for change in sorted(changes, key=lambda c: c["id"]):
             try:
-                item = _adjust(change["id"], change["delta"], change["expected_qty"])
+                item = adjust(change["id"], change["delta"], change["expected_qty"])
             except InventoryError as exc:
-                exc.item_id = change["id"]  # which line; raising rolls back the lines before it
-                raise
+                # Every line is tried, so that the refusal given is the contract's first;
+                # raising below rolls back whatever applied.
+                exc.item_id = change["id"]
+                refusals.append(exc)
+                continue
             if item is None:
-                raise ItemNotFound(field="changes", item_id=change["id"])
+                refusals.append(ItemNotFound(field="changes", item_id=change["id"]))
+                continue
             applied[change["id"]] = item
-        movements = [
-            _movement(
-                change["id"], Movement.ADJUST, change["delta"], applied[change["id"]].qty, reason, request_id
+        if refusals:
+            raise first_refusal(refusals)
+        record(
+            *(
+                movement(
+                    change["id"],
+                    Movement.ADJUST,
+                    change["delta"],
+                    applied[change["id"]].qty,
+                    reason=reason,
+                    reference=reference,
+                    actor=actor,
+                    request_id=request_id,
+                )
+                for change in changes
             )
-            for change in changes
-        ]
-        _record(*movements)
+        )
     return [applied[change["id"]] for change in changes]
 
 
 def item_get(*, item_id: uuid.UUID) -> Item | None:
-    pk = Item._meta.pk.get_db_prep_value(item_id, connection)
+    """The item with its exact `reserved` at this instant, or None."""
     with connection.cursor() as cursor:
-        cursor.execute(sql.item_select(connection.vendor), [pk])
-        row = cursor.fetchone()
-    return None if row is None else Item(id=item_id, name=row[0], qty=row[1])
+        cursor.execute(sql.item_select(connection.vendor, False), [sql.param(Item, "id", item_id)])
+        item = reservations.item_from_row(item_id, cursor.fetchone())
+    if item is not None:
+        item.reserved = reservations.reserved_now(item_id, item.reserved, item.holds_expire_at, clock.now())
+    return item
+
+
+ITEM_FIELDS = ("id", "name", "qty", "reserved", "low_stock_threshold")
 
 
 def item_list(*, limit: int, after_name: str | None = None) -> tuple[list[dict], bool]:
-    """A page of at most `limit` items ordered by name, as {id, name, qty} (keyset: a deep
-    page costs what the first does), and whether more items follow it."""
-    items = Item.objects.order_by("name").values("id", "name", "qty")
+    """A page of at most `limit` items ordered by name, as dicts of ITEM_FIELDS (keyset: a
+    deep page costs what the first does), and whether more items follow it."""
+    items = Item.objects.order_by("name").annotate(reserved_now=reservations.reserved_expression(clock.now()))
     if after_name is not None:
         items = items.filter(name__gt=after_name)
-    page = list(items[: limit + 1])
+    page = list(items.values("id", "name", "qty", "reserved_now", "low_stock_threshold")[: limit + 1])
+    for row in page:
+        row["reserved"] = row.pop("reserved_now")
     return page[:limit], len(page) > limit
 
 

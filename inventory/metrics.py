@@ -21,6 +21,11 @@ LATENCY = Histogram(
 )
 QTY_TRANSITIONS = Counter("inventory_qty_transitions", "Committed changes of qty.", ["kind"])
 REJECTED_TRANSITIONS = Counter("inventory_rejected_transitions", "Writes refused, by reason.", ["reason"])
+HOLDS = Counter(
+    "inventory_holds",
+    "Holds by what happened to them: created, committed, released, expired, refused.",
+    ["outcome"],
+)
 DATABASE_ERRORS = Counter("inventory_database_errors", "Database errors met while answering.", ["kind"])
 
 

@@ -20,9 +20,18 @@ class CodePointCharField(models.CharField):
 
 
 class Item(models.Model):
+    """An item. `qty` is on hand. `reserved` is the stored sum of its hold lines that still
+    count (HoldLine.reserving): it may still count lines whose hold has expired until a write
+    collects them (inventory.reservations), and every read leaves those out, so a client
+    sees the exact figure at every instant. `holds_expire_at` is the earliest expiry among
+    the lines it counts: until then the stored figure is exact, and reads need no subquery."""
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = CodePointCharField(max_length=invariants.NAME_MAX_LENGTH)
     qty = models.BigIntegerField()
+    reserved = models.BigIntegerField(default=0, db_default=0)
+    holds_expire_at = models.DateTimeField(null=True)
+    low_stock_threshold = models.BigIntegerField(null=True)
 
     class Meta:
         constraints = [
@@ -31,6 +40,15 @@ class Item(models.Model):
                 condition=models.Q(qty__gte=0, qty__lte=invariants.QTY_MAX), name="item_qty_in_range"
             ),
             models.CheckConstraint(condition=~models.Q(name=""), name="item_name_not_blank"),
+            models.CheckConstraint(
+                condition=models.Q(reserved__gte=0, reserved__lte=models.F("qty")),
+                name="item_reserved_in_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(low_stock_threshold__isnull=True)
+                | models.Q(low_stock_threshold__gte=0, low_stock_threshold__lte=invariants.QTY_MAX),
+                name="item_threshold_in_range",
+            ),
         ]
 
     def __str__(self):
@@ -38,16 +56,19 @@ class Item(models.Model):
 
     def save(self, *args, **kwargs):
         # The model boundary: nothing reaches the database without passing the invariants.
-        valid = invariants.validate_item({"name": self.name, "qty": self.qty})
+        valid = invariants.validate_item(
+            {"name": self.name, "qty": self.qty, "low_stock_threshold": self.low_stock_threshold}
+        )
         self.name, self.qty = valid["name"], valid["qty"]
+        self.low_stock_threshold = valid["low_stock_threshold"]
         super().save(*args, **kwargs)
 
 
 class Movement(models.Model):
     """One change of an item's qty: the ledger. Kept after the item is deleted, so no foreign key."""
 
-    CREATE, ADJUST, DELETE = "create", "adjust", "delete"
-    KINDS = [(CREATE, "create"), (ADJUST, "adjust"), (DELETE, "delete")]
+    CREATE, ADJUST, COMMIT, DELETE = "create", "adjust", "commit", "delete"
+    KINDS = [(CREATE, "create"), (ADJUST, "adjust"), (COMMIT, "commit"), (DELETE, "delete")]
 
     id = models.BigAutoField(primary_key=True)  # the order of the ledger
     item_id = models.UUIDField()
@@ -56,6 +77,9 @@ class Movement(models.Model):
     qty_after = models.BigIntegerField()
     # null is "no reason given", which the contract tells apart from "".
     reason = models.CharField(max_length=invariants.REASON_MAX_LENGTH, null=True)  # noqa: DJ001
+    reference = models.CharField(max_length=invariants.REFERENCE_MAX_LENGTH, null=True)  # noqa: DJ001
+    hold_id = models.UUIDField(null=True)
+    actor = models.CharField(max_length=100, default="", db_default="")  # the token's name
     request_id = models.CharField(max_length=128)
     at = models.DateTimeField(auto_now_add=True)
 
@@ -70,6 +94,62 @@ class Movement(models.Model):
 
     def __str__(self):
         return f"{self.kind} {self.delta:+d} -> {self.qty_after}"
+
+
+class Hold(models.Model):
+    """Stock set aside for a while. The stored state is active, committed, released or
+    expired; an active hold whose expires_at has passed is expired to every reader
+    (invariants.hold_state) before any process writes so."""
+
+    ACTIVE, COMMITTED, RELEASED, EXPIRED = invariants.HOLD_STATES
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    state = models.CharField(max_length=9, default=ACTIVE)
+    reference = models.CharField(max_length=invariants.REFERENCE_MAX_LENGTH, null=True)  # noqa: DJ001
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField()
+    actor = models.CharField(max_length=100)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(state__in=invariants.HOLD_STATES), name="hold_state_known"
+            ),
+        ]
+
+    def __str__(self):
+        return f"hold {self.id} ({self.state})"
+
+
+class HoldLine(models.Model):
+    """One item's qty in a hold. `reserving` says whether the item's stored `reserved`
+    counts it; `expires_at` repeats the hold's, so an item's lines are read without a join.
+    No foreign key to the item: a committed hold outlives the item, as movements do."""
+
+    id = models.BigAutoField(primary_key=True)  # creation order: an item's holds, oldest first
+    hold = models.ForeignKey(Hold, on_delete=models.CASCADE, related_name="lines")
+    position = models.PositiveSmallIntegerField()  # the line's place in the request
+    item_id = models.UUIDField()
+    qty = models.BigIntegerField()
+    reserving = models.BooleanField(default=True)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["item_id", "expires_at"],
+                condition=models.Q(reserving=True),
+                name="holdline_reserving",
+            ),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["hold", "item_id"], name="holdline_item_once"),
+            models.CheckConstraint(
+                condition=models.Q(qty__gte=1, qty__lte=invariants.QTY_MAX), name="holdline_qty_in_range"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.qty} of {self.item_id}"
 
 
 class IdempotencyKey(models.Model):

@@ -1,14 +1,26 @@
-"""Statements of the hot paths, compiled by the ORM once per process and shape: compiling
-them again on every request cost more than running them."""
+"""Statements of the hot paths, written once per process: building them with the ORM on
+every request cost more than running them. Each changes qty or reserved in one guarded
+statement, never read-modify-write in Python; `RETURNING` needs SQLite 3.35+ or PostgreSQL."""
 
+import datetime
 import functools
-import uuid
 
 from django.db import connection
-from django.db.models import F
-from django.db.models.sql import UpdateQuery
+from django.utils import dateparse
 
-from inventory.models import Item, Movement
+from inventory.models import HoldLine, Item, Movement
+
+# What every statement that changes an item returns, in this order (see item_from_row).
+ITEM_COLUMNS = ("name", "qty", "reserved", "holds_expire_at", "low_stock_threshold")
+
+
+def _names() -> dict:
+    quote = connection.ops.quote_name
+    return {
+        "item": quote(Item._meta.db_table),
+        "line": quote(HoldLine._meta.db_table),
+        "columns": ", ".join(quote(column) for column in ITEM_COLUMNS),
+    }
 
 
 @functools.cache
@@ -18,33 +30,74 @@ def movement_insert(vendor: str) -> tuple[str, str, tuple]:
     fields = tuple(field for field in Movement._meta.concrete_fields if not field.primary_key)
     quote = connection.ops.quote_name
     columns = ", ".join(quote(field.column) for field in fields)
-    head = f"INSERT INTO {quote(Movement._meta.db_table)} ({columns}) VALUES "  # noqa: S608 (names from the model)
+    head = f"INSERT INTO {quote(Movement._meta.db_table)} ({columns}) VALUES "
     return head, "(" + ", ".join(["%s"] * len(fields)) + ")", fields
 
 
 @functools.cache
-def guarded_update(vendor: str, lower_bound: bool, compare: bool) -> tuple[str, tuple[str, ...]]:
-    """The guarded UPDATE ... RETURNING of one shape, and the names of its parameters in
-    order: `qty = qty + delta` where qty >= bound (a decrement) or qty <= bound (an
-    increment), and, for a compare-and-set, qty = expected_qty. QuerySet.update() cannot
-    return the new row, so RETURNING (SQLite 3.35+, PostgreSQL) is added to the compiled SQL."""
-    marks = {"delta": 1_000_001, "bound": 1_000_002, "expected_qty": 1_000_003}
-    item_id = uuid.UUID(int=1_000_004)
-    guard = {"qty__gte" if lower_bound else "qty__lte": marks["bound"]}
-    if compare:
-        guard["qty"] = marks["expected_qty"]
-    update = Item.objects.filter(pk=item_id, **guard).query.chain(UpdateQuery)
-    update.add_update_values({"qty": F("qty") + marks["delta"]})
-    sql, params = update.get_compiler(connection=connection).as_sql()
-    names = {value: name for name, value in marks.items()}
-    names[Item._meta.pk.get_db_prep_value(item_id, connection)] = "id"
-    quote = connection.ops.quote_name
-    return f"{sql} RETURNING {quote('name')}, {quote('qty')}", tuple(names[value] for value in params)
+def guarded_add(vendor: str, decrement: bool, compare: bool) -> str:
+    """qty = qty + delta where the result stays in range. Parameters: delta, id, bound, then
+    expected_qty for a compare-and-set. A decrement's guard is `qty - reserved >= -delta`
+    (never below what holds set aside), an increment's `qty <= QTY_MAX - delta`: written so
+    that no intermediate value leaves the 64-bit range (SQLite would turn it into a REAL and
+    PostgreSQL would raise)."""
+    guard = "qty - reserved >= %s" if decrement else "qty <= %s"
+    compare_and_set = " AND qty = %s" if compare else ""
+    return (
+        "UPDATE {item} SET qty = qty + %s WHERE id = %s AND "
+        + guard
+        + compare_and_set
+        + " RETURNING {columns}"
+    ).format(**_names())
 
 
 @functools.cache
-def item_select(vendor: str) -> str:
-    """SELECT name, qty of one item; its one parameter is the id."""
-    query = Item.objects.filter(pk=uuid.UUID(int=0)).values_list("name", "qty").query
-    sql, _ = query.get_compiler(connection=connection).as_sql()
-    return sql
+def guarded_reserve(vendor: str) -> str:
+    """reserved = reserved + qty where qty - reserved >= qty of the line, and the earliest
+    expiry of what reserved counts. Parameters: qty, expires_at, expires_at, id, qty."""
+    return (
+        "UPDATE {item} SET reserved = reserved + %s, holds_expire_at = CASE WHEN holds_expire_at IS NULL"
+        " OR holds_expire_at > %s THEN %s ELSE holds_expire_at END"
+        " WHERE id = %s AND qty - reserved >= %s RETURNING {columns}"
+    ).format(**_names())
+
+
+@functools.cache
+def take_reserved(vendor: str) -> str:
+    """A committed line leaves: qty and reserved both fall by it (the constraint
+    0 <= reserved <= qty keeps holding). Parameters: qty, qty, id."""
+    return (
+        "UPDATE {item} SET qty = qty - %s, reserved = reserved - %s WHERE id = %s RETURNING {columns}"
+    ).format(**_names())
+
+
+@functools.cache
+def item_select(vendor: str, for_update: bool) -> str:
+    """One item by id; FOR UPDATE locks its row on PostgreSQL (SQLite's writer holds the
+    whole database already)."""
+    lock = " FOR UPDATE" if for_update and vendor == "postgresql" else ""
+    return "SELECT {columns} FROM {item} WHERE id = %s".format(**_names()) + lock
+
+
+@functools.cache
+def reserved_at(vendor: str) -> str:
+    """What an item's lines reserve at an instant: those that still count and have not
+    expired. Parameters: item id, now."""
+    return (
+        "SELECT COALESCE(SUM(qty), 0) FROM {line} WHERE item_id = %s AND reserving AND expires_at > %s"
+    ).format(**_names())
+
+
+def as_datetime(value) -> datetime.datetime | None:
+    """A datetime as a raw cursor returns it: psycopg gives an aware datetime, SQLite a naive
+    one (or text) in UTC, as Django stores it."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime.datetime):
+        value = dateparse.parse_datetime(value)
+    return value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
+
+
+def param(model, field: str, value):
+    """A value as the database stores it in model.field (a UUID as SQLite's hex text...)."""
+    return model._meta.get_field(field).get_db_prep_value(value, connection)

@@ -12,6 +12,29 @@ hypothesis.settings.register_profile("no-deadline", hypothesis.settings.default,
 hypothesis.settings.load_profile("no-deadline")
 
 
+WRITER = "test writer"  # the name of write_token: the actor of every change `api` makes
+READER = "test reader"
+
+
+def expected_item(base: dict | None = None, /, **fields) -> dict:
+    """An item as every response shows it: `base` (an item the API answered, or nothing) with
+    `fields` set, and `available` worked out again as qty - reserved. A field that neither
+    gives is as a new item has it: reserved 0, low_stock_threshold null."""
+    assert "available" not in fields, "available follows from qty and reserved"
+    values = {"reserved": 0, "low_stock_threshold": None, **(base or {}), **fields}
+    values.pop("available", None)
+    unknown = set(values) - {"id", "name", "qty", "reserved", "low_stock_threshold"}
+    assert not unknown, f"not a field of an item: {sorted(unknown)}"
+    return {
+        "id": values["id"],
+        "name": values["name"],
+        "qty": values["qty"],
+        "reserved": values["reserved"],
+        "available": values["qty"] - values["reserved"],
+        "low_stock_threshold": values["low_stock_threshold"],
+    }
+
+
 class Api:
     """The HTTP API through Django's test client, speaking JSON with a bearer token."""
 
@@ -67,12 +90,12 @@ class Api:
 
 @pytest.fixture
 def write_token(db) -> str:
-    return tokens.token_create(name="test writer", scope="write")
+    return tokens.token_create(name=WRITER, scope="write")
 
 
 @pytest.fixture
 def read_token(db) -> str:
-    return tokens.token_create(name="test reader", scope="read")
+    return tokens.token_create(name=READER, scope="read")
 
 
 @pytest.fixture

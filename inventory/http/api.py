@@ -11,7 +11,7 @@ from ninja.parser import Parser
 from ninja.security import HttpBearer
 
 from inventory import tokens
-from inventory.http import errors, items, operations
+from inventory.http import errors, holds, items, operations
 from inventory.invariants import ID_PATTERN
 from inventory.models import Token
 
@@ -94,7 +94,8 @@ class InventoryAPI(NinjaAPI):
 api = InventoryAPI(
     title="Inventory service",
     version="1.0.0",
-    description="Items {id, name, qty} whose quantities change by signed deltas, never below 0.",
+    description="Items {id, name, qty} whose quantities change by signed deltas, never below 0, and holds "
+    "that set stock aside for a checkout until they are committed, released or expire.",
     parser=StrictJSONParser(),
     auth=BearerToken(),
     urls_namespace="inventory",
@@ -103,4 +104,5 @@ for error, handler in errors.HANDLERS.items():
     api.add_exception_handler(error, handler)
 
 api.add_router("", items.router)
+api.add_router("", holds.router)
 api.add_router("", operations.router)

@@ -10,6 +10,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from inventory import metrics
 from inventory.errors import (
+    Conflict,
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
     InventoryError,
@@ -35,7 +36,13 @@ def _snake_case(name: str) -> str:
 
 
 # Every typed error a service raises, and its status; any other InventoryError is a 400.
-ERROR_STATUS = {ItemNotFound: 404, StaleQty: 409, IdempotencyKeyInUse: 409, IdempotencyKeyReused: 422}
+ERROR_STATUS = {
+    ItemNotFound: 404,
+    StaleQty: 409,
+    Conflict: 409,
+    IdempotencyKeyInUse: 409,
+    IdempotencyKeyReused: 422,
+}
 
 
 def refused(request, exc: InventoryError) -> JsonResponse:

@@ -11,11 +11,16 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, S
 
 from inventory.invariants import (
     BATCH_MAX_CHANGES,
+    HOLD_MAX_LINES,
+    HOLD_STATES,
+    HOLD_TTL_DEFAULT_SECONDS,
+    HOLD_TTL_MAX_SECONDS,
     ID_PATTERN,
     NAME_MAX_LENGTH,
     QTY_MAX,
     QUERY_INTEGER_PATTERN,
     REASON_MAX_LENGTH,
+    REFERENCE_MAX_LENGTH,
 )
 
 DELTA = {"minimum": -QTY_MAX, "maximum": QTY_MAX}
@@ -24,6 +29,10 @@ EXPECTED_QTY_RULE = "apply only if qty is this now (compare-and-set); otherwise 
 REASON = {"maxLength": REASON_MAX_LENGTH}
 NAME_RULE = "normalised to NFC and stripped; then 1..200 characters, no control characters, unique"
 NAME = {"minLength": 1, "maxLength": NAME_MAX_LENGTH}
+REFERENCE = {"maxLength": REFERENCE_MAX_LENGTH}
+REFERENCE_RULE = "the outside document: an order number, a URI"
+THRESHOLD_RULE = "item.low_stock alerts when available falls below it; null for none"
+TTL = {"minimum": 1, "maximum": HOLD_TTL_MAX_SECONDS}
 
 _ID = re.compile(ID_PATTERN)
 _QUERY_INTEGER = re.compile(QUERY_INTEGER_PATTERN)
@@ -56,7 +65,10 @@ QueryInt = Annotated[int, BeforeValidator(_query_integer)]
 class ItemOut(BaseModel):
     id: uuid.UUID
     name: str
-    qty: int
+    qty: int = Field(description="on hand")
+    reserved: int = Field(description="set aside by active holds")
+    available: int = Field(description="qty - reserved: what a new hold or a sale may take")
+    low_stock_threshold: int | None
 
 
 class Strict(Schema):
@@ -66,10 +78,14 @@ class Strict(Schema):
 class ItemIn(Strict):
     name: StrictStr = Field(description=NAME_RULE, json_schema_extra=NAME)
     qty: StrictInt = Field(json_schema_extra=QTY)
+    low_stock_threshold: StrictInt | None = Field(None, description=THRESHOLD_RULE, json_schema_extra=QTY)
 
 
-class RenameIn(Strict):
-    name: StrictStr = Field(description=NAME_RULE, json_schema_extra=NAME)
+class ItemUpdateIn(Strict):
+    """At least one field; a field left out keeps its value."""
+
+    name: StrictStr = Field(None, description=NAME_RULE, json_schema_extra=NAME)
+    low_stock_threshold: StrictInt | None = Field(None, description=THRESHOLD_RULE, json_schema_extra=QTY)
 
 
 class DeltaIn(Strict):
@@ -78,6 +94,7 @@ class DeltaIn(Strict):
     )
     expected_qty: StrictInt | None = Field(None, description=EXPECTED_QTY_RULE, json_schema_extra=QTY)
     reason: StrictStr | None = Field(None, description="recorded in the movement", json_schema_extra=REASON)
+    reference: StrictStr | None = Field(None, description=REFERENCE_RULE, json_schema_extra=REFERENCE)
 
 
 class ChangeIn(Strict):
@@ -92,6 +109,7 @@ class AdjustmentIn(Strict):
         json_schema_extra={"minItems": 1, "maxItems": BATCH_MAX_CHANGES},
     )
     reason: StrictStr | None = Field(None, description="recorded in every movement", json_schema_extra=REASON)
+    reference: StrictStr | None = Field(None, description=REFERENCE_RULE, json_schema_extra=REFERENCE)
 
 
 class ItemList(BaseModel):
@@ -103,6 +121,9 @@ class MovementOut(BaseModel):
     delta: int
     qty_after: int
     reason: str | None
+    reference: str | None
+    hold_id: uuid.UUID | None
+    actor: str = Field(description="the name of the token that made the change")
     request_id: str
     at: datetime.datetime
 
@@ -117,6 +138,48 @@ class ItemPage(BaseModel):
     next: str | None = Field(description="cursor of the next page, or null on the last")
 
 
+class HoldLineIn(Strict):
+    id: Id
+    qty: StrictInt = Field(json_schema_extra={"minimum": 1, "maximum": QTY_MAX})
+
+
+class HoldIn(Strict):
+    lines: list[HoldLineIn] = Field(
+        description="held all together or not at all; each item at most once",
+        json_schema_extra={"minItems": 1, "maxItems": HOLD_MAX_LINES},
+    )
+    ttl_seconds: StrictInt = Field(
+        HOLD_TTL_DEFAULT_SECONDS, description="seconds until the hold expires", json_schema_extra=TTL
+    )
+    reference: StrictStr | None = Field(None, description=REFERENCE_RULE, json_schema_extra=REFERENCE)
+
+
+class ExtendIn(Strict):
+    ttl_seconds: StrictInt = Field(
+        description="the hold expires this many seconds from now", json_schema_extra=TTL
+    )
+
+
+class HoldLineOut(BaseModel):
+    id: uuid.UUID
+    qty: int
+
+
+class HoldOut(BaseModel):
+    id: uuid.UUID
+    state: str = Field(description=" | ".join(HOLD_STATES))
+    lines: list[HoldLineOut]
+    reference: str | None
+    expires_at: datetime.datetime
+    created_at: datetime.datetime
+    actor: str
+
+
+class HoldPage(BaseModel):
+    holds: list[HoldOut]
+    next: str | None = Field(description="cursor of the next page, or null on the last")
+
+
 class PageQuery(Schema):
     limit: QueryInt = Field(100, ge=1, le=1000)
     cursor: str | None = Field(
@@ -128,7 +191,9 @@ class Error(BaseModel):
     error: str
     field: str | None = None
     qty: int | None = Field(None, description="with 409: the current qty")
-    id: uuid.UUID | None = Field(None, description="in a batch: the item whose change was refused")
+    reserved: int | None = Field(None, description="with qty cannot go below reserved")
+    available: int | None = Field(None, description="with not enough available stock")
+    id: uuid.UUID | None = Field(None, description="in a batch or hold: the item whose line was refused")
 
 
 class Health(BaseModel):

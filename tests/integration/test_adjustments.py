@@ -8,7 +8,7 @@ import pytest
 from inventory import items
 from inventory.invariants import QTY_MAX
 from inventory.models import Item, Movement
-from tests.conftest import Api
+from tests.conftest import WRITER, Api, expected_item
 
 pytestmark = pytest.mark.django_db
 
@@ -20,14 +20,17 @@ FIRST_ID, LAST_ID = "00000000-0000-4000-8000-000000000000", "ffffffff-ffff-4fff-
 
 def state() -> tuple[list, list]:
     """Items and movements as stored, to show that a refused batch changed neither."""
-    items = list(Item.objects.order_by("id").values_list("id", "name", "qty"))
+    items = list(
+        Item.objects.order_by("id").values_list("id", "name", "qty", "reserved", "low_stock_threshold")
+    )
     movements = list(Movement.objects.order_by("id").values_list())
     return items, movements
 
 
 def adjust_movements(item_id) -> list[tuple]:
     rows = Movement.objects.filter(item_id=item_id, kind=Movement.ADJUST).order_by("id")
-    return list(rows.values_list("delta", "qty_after", "reason", "request_id"))
+    fields = ("delta", "qty_after", "reason", "reference", "hold_id", "actor", "request_id")
+    return list(rows.values_list(*fields))
 
 
 def test_a_batch_applies_every_change_and_answers_in_the_request_order(api):
@@ -41,18 +44,22 @@ def test_a_batch_applies_every_change_and_answers_in_the_request_order(api):
     response = api.post("/adjustments", {"changes": changes, "reason": "recount"})
 
     assert response.status_code == 200
-    after = [{**c, "qty": 7}, {**a, "qty": 7}, {**b, "qty": 7}]
+    after = [expected_item(c, qty=7), expected_item(a, qty=7), expected_item(b, qty=7)]
     assert response.json() == {"items": after}
     assert api.all_items() == {item["id"]: item for item in after}
     request_id = response["X-Request-ID"]
     for change in changes:
-        assert adjust_movements(change["id"]) == [(change["delta"], 7, "recount", request_id)]
+        assert adjust_movements(change["id"]) == [
+            (change["delta"], 7, "recount", None, None, WRITER, request_id)
+        ]
 
 
-def test_a_batch_without_a_reason_writes_movements_with_a_null_reason(api):
+def test_a_batch_without_a_reason_or_reference_writes_movements_with_both_null(api):
     a = api.create("a", 5)
     assert api.post("/adjustments", {"changes": [{"id": a["id"], "delta": 1}]}).status_code == 200
-    assert [reason for _, _, reason, _ in adjust_movements(a["id"])] == [None]
+    assert [(reason, reference) for _, _, reason, reference, *_ in adjust_movements(a["id"])] == [
+        (None, None)
+    ]
 
 
 def test_a_reason_of_500_characters_is_kept(api):
@@ -60,7 +67,20 @@ def test_a_reason_of_500_characters_is_kept(api):
     reason = "r" * 500
     response = api.post("/adjustments", {"changes": [{"id": a["id"], "delta": 1}], "reason": reason})
     assert response.status_code == 200
-    assert [reason for _, _, reason, _ in adjust_movements(a["id"])] == [reason]
+    assert [reason for _, _, reason, *_ in adjust_movements(a["id"])] == [reason]
+
+
+def test_a_reference_of_200_characters_is_kept_on_every_movement_of_the_batch(api):
+    a, b = api.create("a", 5), api.create("b", 5)
+    reference = "PO-" + "9" * 197
+    changes = [{"id": a["id"], "delta": 1}, {"id": b["id"], "delta": -1}]
+
+    response = api.post("/adjustments", {"changes": changes, "reference": reference})
+
+    assert response.status_code == 200
+    request_id = response["X-Request-ID"]
+    assert adjust_movements(a["id"]) == [(1, 6, None, reference, None, WRITER, request_id)]
+    assert adjust_movements(b["id"]) == [(-1, 4, None, reference, None, WRITER, request_id)]
 
 
 # One change of a batch fails; the others are valid. (the failing change, status, error body)
@@ -69,7 +89,10 @@ FAILURES = {
     "above-max": ({"delta": QTY_MAX}, 400, {"error": f"qty cannot go above {QTY_MAX}"}),
     "stale": ({"delta": 1, "expected_qty": 4}, 409, {"error": STALE, "field": "expected_qty", "qty": 5}),
     "missing": ({"delta": 1}, 404, {"error": "not_found"}),
+    # The failing item has 3 of its 5 held (HELD): 2 may go, not 3.
+    "below-reserved": ({"delta": -3}, 400, {"error": "qty cannot go below reserved", "reserved": 3}),
 }
+HELD = 3
 
 
 @pytest.mark.parametrize("position", ["first", "last"])
@@ -83,6 +106,8 @@ def test_a_batch_with_one_failing_change_applies_none(api, failure, position):
         failing = FIRST_ID if position == "first" else LAST_ID
     changes = [{"id": item_id, "delta": 1} for item_id in ids if item_id != failing]
     changes.insert(1, {"id": failing, **change})  # the request's order is not the id order
+    if failure == "below-reserved":
+        assert api.post("/holds", {"lines": [{"id": failing, "qty": HELD}]}).status_code == 201
     before = state()
 
     response = api.post("/adjustments", {"changes": changes, "reason": "batch"})
@@ -115,6 +140,14 @@ INVALID = {
     "reason-nul": ([], {"reason": "a\x00b"}, "reason"),
     "reason-bell": ([], {"reason": "bell\x07"}, "reason"),
     "reason-number": ([], {"reason": 5}, "reason"),
+    "reference-201-chars": ([], {"reference": "r" * 201}, "reference"),
+    "reference-nul": ([], {"reference": "a\x00b"}, "reference"),
+    "reference-bell": ([], {"reference": "bell\x07"}, "reference"),
+    "reference-next-line": ([], {"reference": "a\x85b"}, "reference"),
+    "reference-lone-surrogate": ([], {"reference": "a\ud800b"}, "reference"),
+    "reference-number": ([], {"reference": 5}, "reference"),
+    "reference-true": ([], {"reference": True}, "reference"),
+    "reference-list": ([], {"reference": ["PO-1"]}, "reference"),
 }
 
 
@@ -192,7 +225,7 @@ def test_expected_qty_makes_a_delta_compare_and_set(api, start, body, status, an
 
     assert response.status_code == status
     if status == 200:
-        assert response.json() == {**item, **answer}
+        assert response.json() == expected_item(item, **answer)
         assert adjust_movements(item["id"])[0][:2] == (body["delta"], answer["qty"])
     else:
         assert response.json().items() >= answer.items()  # an error may carry more fields (the id)
@@ -234,4 +267,24 @@ def test_a_refused_change_is_named_by_its_position_and_its_id(api, change, field
 
     assert response.status_code == 400
     assert (response.json()["field"], response.json()["id"]) == (field, second["id"])
+    assert state() == before
+
+
+def test_a_stale_expected_qty_is_given_before_a_line_below_0_that_sorts_first(api):
+    # The contract's order of refusals: 404, stale expected_qty, below 0, below reserved, above
+    # the bound; the first kind wins whatever the lines' id order, then the first such line.
+    first, second = sorted([api.create("p", 1), api.create("q", 1)], key=lambda item: item["id"])
+    before = state()
+    changes = [
+        {"id": first["id"], "delta": -5},
+        {"id": second["id"], "delta": 1, "expected_qty": 7},
+    ]
+
+    response = api.post("/adjustments", {"changes": changes})
+
+    assert response.status_code == 409, response.json()
+    assert response.json()["id"] == second["id"]
+    assert response.json()["qty"] == 1
+    missing = api.post("/adjustments", {"changes": [*changes, {"id": LAST_ID, "delta": 1}]})
+    assert (missing.status_code, missing.json()) == (404, {"error": "not_found", "id": LAST_ID})
     assert state() == before

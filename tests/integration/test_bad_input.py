@@ -13,7 +13,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from inventory.errors import InvalidInput, QtyBelowZero
-from inventory.invariants import QTY_MAX, apply_delta, check_delta, normalize_name, validate_item
+from inventory.invariants import (
+    QTY_MAX,
+    apply_delta,
+    check_delta,
+    check_threshold,
+    normalize_name,
+    validate_item,
+)
+from tests.conftest import expected_item
 
 ANY = object()  # the rejection may name any field, or none
 
@@ -80,6 +88,28 @@ BAD_QTYS = [
     pytest.param(10**30, id="10-to-30"),
 ]
 
+# low_stock_threshold is null or an integer in 0..QTY_MAX, as strict as qty; null is a value.
+BAD_THRESHOLDS = [
+    pytest.param(True, id="true"),
+    pytest.param(False, id="false"),
+    pytest.param(5.0, id="float"),
+    pytest.param(0.0, id="float-zero"),
+    pytest.param("5", id="string"),
+    pytest.param("", id="empty-string"),
+    pytest.param([], id="list"),
+    pytest.param({}, id="object"),
+    pytest.param(-1, id="minus-1"),
+    pytest.param(2**63, id="2-to-63"),
+    pytest.param(-(2**63), id="minus-2-to-63"),
+    pytest.param(10**30, id="10-to-30"),
+]
+GOOD_THRESHOLDS = [
+    pytest.param(None, id="null"),
+    pytest.param(0, id="zero"),
+    pytest.param(3, id="three"),
+    pytest.param(QTY_MAX, id="max"),
+]
+
 BAD_DELTAS = [
     pytest.param(True, id="true"),
     pytest.param(5.0, id="float"),
@@ -105,6 +135,7 @@ NOT_OBJECTS = [
 ENDPOINTS = {
     "create": ("POST", "/items", {"name": "pear", "qty": 1}),
     "rename": ("PATCH", "/items/{id}", {"name": "pear"}),
+    "threshold": ("PATCH", "/items/{id}", {"low_stock_threshold": 1}),
     "adjust": ("PATCH", "/items/{id}/qty", {"delta": 1}),
 }
 
@@ -192,14 +223,17 @@ def test_create_rejects_a_qty_that_is_not_an_integer_in_range(api, apple, qty):
         pytest.param({"name": "pear", "qty": 1, "colour": "red"}, "colour", id="unknown-field"),
         pytest.param({"name": "pear", "qty": 1, "id": str(uuid.uuid4())}, "id", id="client-chosen-id"),
         pytest.param({"name": "pear", "qty": 1, "delta": 1}, "delta", id="delta"),
+        pytest.param({"name": "pear", "qty": 1, "reserved": 0}, "reserved", id="reserved"),
+        pytest.param({"name": "pear", "qty": 1, "available": 1}, "available", id="available"),
         pytest.param({"qty": 1}, "name", id="missing-name"),
         pytest.param({"name": "pear"}, "qty", id="missing-qty"),
+        pytest.param({"name": "pear", "low_stock_threshold": 1}, "qty", id="threshold-without-qty"),
         pytest.param({}, ANY, id="empty-object"),
         pytest.param({"colour": "red"}, ANY, id="only-unknown"),
         *(pytest.param(body, ANY, id=f"body-{p.id}") for p in NOT_OBJECTS for body in p.values),
     ],
 )
-def test_create_rejects_a_body_that_is_not_exactly_name_and_qty(api, apple, body, field):
+def test_create_rejects_a_body_that_is_not_name_qty_and_an_optional_threshold(api, apple, body, field):
     before = api.all_items()
     response = api.post("/items", raw=json.dumps(body))
     assert_rejected(api, response, before, field=field)
@@ -228,8 +262,42 @@ def test_create_ignores_a_utf8_bom_before_the_json_body(api, apple):
 
     assert response.status_code == 201, response.content
     item = response.json()
-    assert item == {"id": item["id"], "name": "pear", "qty": 1}
+    assert item == expected_item(id=item["id"], name="pear", qty=1)
     assert api.all_items() == {**before, item["id"]: item}
+
+
+@pytest.mark.parametrize("threshold", BAD_THRESHOLDS)
+def test_create_rejects_a_threshold_that_is_not_null_or_an_integer_in_range(api, apple, threshold):
+    before = api.all_items()
+    response = api.post("/items", {"name": "pear", "qty": 1, "low_stock_threshold": threshold})
+    assert_rejected(api, response, before, field="low_stock_threshold")
+
+
+@pytest.mark.parametrize("threshold", BAD_THRESHOLDS)
+def test_update_rejects_a_threshold_that_is_not_null_or_an_integer_in_range(api, apple, threshold):
+    before = api.all_items()
+    response = api.patch(f"/items/{apple['id']}", {"low_stock_threshold": threshold})
+    assert_rejected(api, response, before, field="low_stock_threshold")
+
+
+@pytest.mark.parametrize("threshold", BAD_THRESHOLDS)
+def test_update_with_a_good_name_and_a_bad_threshold_changes_neither(api, apple, threshold):
+    before = api.all_items()
+    response = api.patch(f"/items/{apple['id']}", {"name": "pear", "low_stock_threshold": threshold})
+    assert_rejected(api, response, before, field="low_stock_threshold")
+
+
+@pytest.mark.parametrize("threshold", GOOD_THRESHOLDS)
+def test_create_and_update_accept_a_threshold_that_is_null_or_an_integer_in_range(api, apple, threshold):
+    created = api.post("/items", {"name": "pear", "qty": 1, "low_stock_threshold": threshold})
+    updated = api.patch(f"/items/{apple['id']}", {"low_stock_threshold": threshold})
+
+    assert created.status_code == 201, created.content
+    assert updated.status_code == 200, updated.content
+    pear = expected_item(id=created.json()["id"], name="pear", qty=1, low_stock_threshold=threshold)
+    assert created.json() == pear
+    assert updated.json() == expected_item(apple, low_stock_threshold=threshold)
+    assert api.all_items() == {apple["id"]: updated.json(), pear["id"]: pear}
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
@@ -243,17 +311,26 @@ def test_rename_rejects_a_bad_name(api, apple, name):
     ("body", "field"),
     [
         pytest.param({"name": "pear", "qty": 1}, "qty", id="qty-in-rename"),
+        pytest.param({"low_stock_threshold": 1, "qty": 1}, "qty", id="qty-beside-threshold"),
         pytest.param({"qty": 1}, ANY, id="only-qty"),
         pytest.param({"name": "pear", "colour": "red"}, "colour", id="unknown-field"),
+        pytest.param({"low_stock_threshold": 1, "colour": "red"}, "colour", id="unknown-beside-threshold"),
         pytest.param({"name": "pear", "delta": 1}, "delta", id="delta"),
-        pytest.param({}, "name", id="empty-object"),
+        pytest.param({"name": "pear", "reserved": 0}, "reserved", id="reserved"),
+        pytest.param({}, None, id="empty-object"),
         *(pytest.param(body, ANY, id=f"body-{p.id}") for p in NOT_OBJECTS for body in p.values),
     ],
 )
-def test_rename_rejects_a_body_that_is_not_exactly_name(api, apple, body, field):
+def test_update_rejects_a_body_that_is_not_name_threshold_or_both(api, apple, body, field):
     before = api.all_items()
     response = api.patch(f"/items/{apple['id']}", raw=json.dumps(body))
     assert_rejected(api, response, before, field=field)
+
+
+def test_update_of_no_field_says_which_fields_it_takes(api, apple):
+    before = api.all_items()
+    response = api.patch(f"/items/{apple['id']}", {})
+    assert assert_rejected(api, response, before) == {"error": "give name, low_stock_threshold or both"}
 
 
 @pytest.mark.parametrize("delta", BAD_DELTAS)
@@ -300,7 +377,7 @@ def test_adjust_reaches_both_bounds_exactly(api, apple, delta, qty_after):
     # The refusals above are at the bound, not one step inside it.
     response = api.patch(f"/items/{apple['id']}/qty", {"delta": delta})
     assert response.status_code == 200, response.content
-    assert response.json() == {**apple, "qty": qty_after}
+    assert response.json() == expected_item(apple, qty=qty_after)
 
 
 # Duplicate names -----------------------------------------------------------------------------------
@@ -365,7 +442,12 @@ def test_a_path_that_is_no_route_is_a_json_404(api, apple, method, template):
 
 @pytest.mark.parametrize(
     ("method", "suffix", "body"),
-    [("GET", "", None), ("PATCH", "", {"name": "pear"}), ("PATCH", "/qty", {"delta": 1})],
+    [
+        ("GET", "", None),
+        ("PATCH", "", {"name": "pear"}),
+        ("PATCH", "", {"low_stock_threshold": 1}),
+        ("PATCH", "/qty", {"delta": 1}),
+    ],
 )
 def test_an_unknown_item_is_a_json_404(api, apple, method, suffix, body):
     before = api.all_items()
@@ -434,7 +516,7 @@ def test_list_rejects_a_bad_limit_or_cursor(api, apple, query):
 
 # Generated bodies ----------------------------------------------------------------------------------
 
-FIELDS = ["name", "qty", "delta"]
+FIELDS = ["name", "qty", "delta", "low_stock_threshold"]
 names = st.sampled_from(["apple", " apple\u00a0", "banana", "cafe\u0301", "", " ", "a\x00"]) | st.text(
     max_size=8
 )
@@ -442,7 +524,7 @@ integers = st.sampled_from([0, 1, -1, -5, 5, QTY_MAX, -QTY_MAX, 2**63, -(2**63)]
 leaves = st.none() | st.booleans() | integers | st.floats() | names
 json_values = st.recursive(
     leaves,
-    # Keys of at most 3 characters never spell a field the contract allows beyond name, qty and delta.
+    # Keys of at most 3 characters never spell a field the contract allows beyond FIELDS.
     lambda children: (
         st.lists(children, max_size=3)
         | st.dictionaries(st.sampled_from(FIELDS) | st.text(max_size=3), children, max_size=4)
@@ -455,14 +537,22 @@ plausible = {
     | st.sampled_from(["apple", " apple\u00a0", "banana", "caf\u00e9", "cafe\u0301"]),
     "qty": st.integers(0, QTY_MAX) | st.sampled_from([0, QTY_MAX]),
     "delta": st.integers(-10, 10) | st.sampled_from([QTY_MAX, -QTY_MAX]),
+    "low_stock_threshold": st.none() | st.integers(0, QTY_MAX) | st.sampled_from([0, QTY_MAX]),
 }
 
 
-def bodies(*fields):
-    """Bodies for an endpoint that takes exactly `fields`: right, nearly right, or anything."""
-    right = st.fixed_dictionaries({field: plausible[field] for field in fields})
+def bodies(*fields, optional=()):
+    """Bodies for an endpoint that takes exactly `fields`, and `optional` ones if it likes:
+    right, nearly right, or anything."""
+    right = st.fixed_dictionaries(
+        {field: plausible[field] for field in fields},
+        optional={field: plausible[field] for field in optional},
+    )
     wrong_value = st.builds(
-        lambda body, field, value: {**body, field: value}, right, st.sampled_from(fields), json_values
+        lambda body, field, value: {**body, field: value},
+        right,
+        st.sampled_from([*fields, *optional]),
+        json_values,
     )
     wrong_fields = st.fixed_dictionaries({}, optional=plausible)
     # Half right, so that the success branch of each test gets a fair share of the examples.
@@ -494,7 +584,7 @@ def _assert_refused(response, data, before, after):
 
 
 @fuzz
-@given(body=bodies("name", "qty"))
+@given(body=bodies("name", "qty", optional=["low_stock_threshold"]))
 def test_create_accepts_exactly_the_valid_bodies(api, apple, banana, body):
     before, response, data, after = _send(api, "POST", "/items", body)
     try:
@@ -505,24 +595,36 @@ def test_create_accepts_exactly_the_valid_bodies(api, apple, banana, body):
         _assert_refused(response, data, before, after)
     else:
         assert response.status_code == 201, data
-        assert data == {"id": data["id"], **valid}
+        assert data == expected_item(id=data["id"], **valid)
         assert after == {**before, data["id"]: data}
 
 
+def _update(body) -> dict | None:
+    """The fields a PATCH /items/<id> body sets, as stored, or None if it is refused."""
+    if not (isinstance(body, dict) and body and set(body) <= {"name", "low_stock_threshold"}):
+        return None
+    changes = {}
+    try:
+        if "name" in body:
+            changes["name"] = normalize_name(body["name"])
+        if "low_stock_threshold" in body:
+            changes["low_stock_threshold"] = check_threshold(body["low_stock_threshold"])
+    except InvalidInput:
+        return None
+    return changes
+
+
 @fuzz
-@given(body=bodies("name"))
-def test_rename_accepts_exactly_the_valid_bodies(api, apple, banana, body):
+@given(body=bodies(optional=["name", "low_stock_threshold"]))
+def test_update_accepts_exactly_the_valid_bodies(api, apple, banana, body):
     item_id = apple["id"]
     before, response, data, after = _send(api, "PATCH", f"/items/{item_id}", body)
-    try:
-        name = normalize_name(body["name"]) if isinstance(body, dict) and set(body) == {"name"} else None
-    except InvalidInput:
-        name = None
-    if name is None or name in _other_names(before, item_id):
+    changes = _update(body)
+    if changes is None or changes.get("name") in _other_names(before, item_id):
         _assert_refused(response, data, before, after)
     else:
         assert response.status_code == 200, data
-        assert data == {**before[item_id], "name": name}
+        assert data == expected_item(before[item_id], **changes)
         assert after == {**before, item_id: data}
 
 
@@ -543,5 +645,5 @@ def test_adjust_changes_qty_by_exactly_the_delta_or_not_at_all(api, apple, banan
         _assert_refused(response, data, before, after)
     else:
         assert response.status_code == 200, data
-        assert data == {**before[item_id], "qty": new_qty}
+        assert data == expected_item(before[item_id], qty=new_qty)
         assert after == {**before, item_id: data}

@@ -7,6 +7,7 @@ from django.db import OperationalError
 
 from inventory import items
 from inventory.invariants import QTY_MAX
+from tests.conftest import expected_item
 
 
 def test_create_returns_the_item_with_its_location(api):
@@ -14,7 +15,7 @@ def test_create_returns_the_item_with_its_location(api):
 
     assert response.status_code == 201
     item = response.json()
-    assert item == {"id": item["id"], "name": "apple", "qty": 5}
+    assert item == expected_item(id=item["id"], name="apple", qty=5)
     assert response["Location"] == f"/items/{item['id']}"
     assert api.get(response["Location"]).json() == item
 
@@ -36,14 +37,47 @@ def test_get_unknown_item_is_not_found(api):
     assert response.json() == {"error": "not_found"}
 
 
+def test_create_takes_an_optional_low_stock_threshold(api):
+    response = api.post("/items", {"name": "apple", "qty": 5, "low_stock_threshold": 2})
+
+    assert response.status_code == 201
+    item = response.json()
+    assert item == expected_item(id=item["id"], name="apple", qty=5, low_stock_threshold=2)
+    assert api.all_items() == {item["id"]: item}
+
+
 def test_rename_changes_only_the_name(api):
-    item = api.create("apple", 3)
+    item = api.post("/items", {"name": "apple", "qty": 3, "low_stock_threshold": 2}).json()
 
     response = api.patch(f"/items/{item['id']}", {"name": " pear "})
 
     assert response.status_code == 200
-    assert response.json() == {"id": item["id"], "name": "pear", "qty": 3}
-    assert api.all_items() == {item["id"]: {"id": item["id"], "name": "pear", "qty": 3}}
+    after = expected_item(id=item["id"], name="pear", qty=3, low_stock_threshold=2)
+    assert response.json() == after
+    assert api.all_items() == {item["id"]: after}
+
+
+@pytest.mark.parametrize("threshold", [0, 4, QTY_MAX, None])
+def test_setting_the_low_stock_threshold_changes_only_the_threshold(api, threshold):
+    item = api.post("/items", {"name": "apple", "qty": 3, "low_stock_threshold": 2}).json()
+
+    response = api.patch(f"/items/{item['id']}", {"low_stock_threshold": threshold})
+
+    assert response.status_code == 200
+    after = expected_item(id=item["id"], name="apple", qty=3, low_stock_threshold=threshold)
+    assert response.json() == after
+    assert api.all_items() == {item["id"]: after}
+
+
+def test_patch_sets_the_name_and_the_threshold_together(api):
+    item = api.create("apple", 3)
+
+    response = api.patch(f"/items/{item['id']}", {"name": "pear", "low_stock_threshold": 1})
+
+    assert response.status_code == 200
+    after = expected_item(id=item["id"], name="pear", qty=3, low_stock_threshold=1)
+    assert response.json() == after
+    assert api.all_items() == {item["id"]: after}
 
 
 def test_rename_to_its_own_name_is_allowed(api):
@@ -93,7 +127,7 @@ def test_delta_changes_qty_by_exactly_the_delta(api, start, delta, end):
     response = api.patch(f"/items/{item['id']}/qty", {"delta": delta})
 
     assert response.status_code == 200
-    assert response.json() == {**item, "qty": end}
+    assert response.json() == expected_item(item, qty=end)
     assert api.all_items()[item["id"]]["qty"] == end
 
 

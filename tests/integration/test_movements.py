@@ -14,17 +14,20 @@ from django.db.models import F
 
 from inventory.invariants import QTY_MAX
 from inventory.models import Item, Movement
+from tests.conftest import WRITER
 
 pytestmark = pytest.mark.django_db
 
 # RFC 3339's date-time: a "T", and an offset or "Z" (which Python's isoformat alone may omit).
 RFC_3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
-FIELDS = {"kind", "delta", "qty_after", "reason", "request_id", "at"}
+FIELDS = {"kind", "delta", "qty_after", "reason", "reference", "hold_id", "actor", "request_id", "at"}
 
 
 def state() -> tuple[list, list]:
     """Items and movements as stored, to show that a refused write changed neither."""
-    items = list(Item.objects.order_by("id").values_list("id", "name", "qty"))
+    items = list(
+        Item.objects.order_by("id").values_list("id", "name", "qty", "reserved", "low_stock_threshold")
+    )
     movements = list(Movement.objects.order_by("id").values_list())
     return items, movements
 
@@ -37,7 +40,10 @@ def movements(api, item_id: str) -> list[dict]:
 
 
 def brief(moves: list[dict]) -> list[tuple]:
-    return [(m["kind"], m["delta"], m["qty_after"], m["reason"]) for m in moves]
+    """Each movement but its request id and time; hold_id and actor are checked on every one:
+    none of these changes comes from a hold, and each is made by the `api` fixture's token."""
+    assert [(m["hold_id"], m["actor"]) for m in moves] == [(None, WRITER)] * len(moves)
+    return [(m["kind"], m["delta"], m["qty_after"], m["reason"], m["reference"]) for m in moves]
 
 
 def test_create_writes_a_create_movement(api):
@@ -47,26 +53,32 @@ def test_create_writes_a_create_movement(api):
     [move] = movements(api, item["id"])
 
     assert set(move) == FIELDS
-    assert brief([move]) == [("create", 5, 5, None)]
+    assert brief([move]) == [("create", 5, 5, None, None)]
+    assert (move["hold_id"], move["actor"]) == (None, WRITER)
     assert move["request_id"] == response["X-Request-ID"]
     assert RFC_3339.fullmatch(move["at"]), move["at"]
     at = datetime.datetime.fromisoformat(move["at"])
     assert abs(datetime.datetime.now(datetime.UTC) - at) < datetime.timedelta(minutes=1)
 
 
-def test_each_applied_delta_writes_an_adjust_movement_with_its_reason(api):
+def test_each_applied_delta_writes_an_adjust_movement_with_its_reason_and_reference(api):
     item = api.create("apple", 5)
+    reference = "https://shop.example/orders/" + "7" * 172  # 200 characters
 
-    api.patch(f"/items/{item['id']}/qty", {"delta": -2, "reason": "sold"})
+    api.patch(f"/items/{item['id']}/qty", {"delta": -2, "reason": "sold", "reference": "order 1"})
     api.patch(f"/items/{item['id']}/qty", {"delta": 10})
-    response = api.patch(f"/items/{item['id']}/qty", {"delta": 1, "reason": ""}, X_Request_ID="req-42")
+    api.patch(f"/items/{item['id']}/qty", {"delta": -1, "reference": reference})
+    response = api.patch(
+        f"/items/{item['id']}/qty", {"delta": 1, "reason": "", "reference": ""}, X_Request_ID="req-42"
+    )
 
     moves = movements(api, item["id"])
     assert brief(moves) == [
-        ("create", 5, 5, None),
-        ("adjust", -2, 3, "sold"),
-        ("adjust", 10, 13, None),
-        ("adjust", 1, 14, ""),  # an empty reason is kept apart from no reason
+        ("create", 5, 5, None, None),
+        ("adjust", -2, 3, "sold", "order 1"),
+        ("adjust", 10, 13, None, None),
+        ("adjust", -1, 12, None, reference),
+        ("adjust", 1, 13, "", ""),  # an empty reason or reference is kept apart from none
     ]
     assert moves[-1]["request_id"] == response["X-Request-ID"] == "req-42"
 
@@ -78,7 +90,7 @@ def test_delta_zero_writes_a_movement_of_zero(api):
     response = api.patch(f"/items/{item['id']}/qty", {"delta": 0, "reason": "count"})
 
     assert response.json()["qty"] == 5
-    assert brief(movements(api, item["id"]))[-1] == ("adjust", 0, 5, "count")
+    assert brief(movements(api, item["id"]))[-1] == ("adjust", 0, 5, "count", None)
 
 
 def test_delete_writes_a_delete_movement_that_empties_the_item(api):
@@ -87,7 +99,7 @@ def test_delete_writes_a_delete_movement_that_empties_the_item(api):
     assert api.delete(f"/items/{item['id']}").status_code == 204
     assert api.delete(f"/items/{item['id']}").status_code == 204  # nothing left to record
 
-    assert brief(movements(api, item["id"])) == [("create", 7, 7, None), ("delete", -7, 0, None)]
+    assert brief(movements(api, item["id"])) == [("create", 7, 7, None, None), ("delete", -7, 0, None, None)]
 
 
 @pytest.mark.parametrize(
@@ -97,11 +109,37 @@ def test_delete_writes_a_delete_movement_that_empties_the_item(api):
         (QTY_MAX, "/qty", {"delta": 1}, 400),
         (2, "/qty", {"delta": 1, "expected_qty": 3}, 409),
         (2, "/qty", {"delta": 1, "reason": "x" * 501}, 400),
+        (2, "/qty", {"delta": 1, "reference": "x" * 201}, 400),
+        (2, "/qty", {"delta": 1, "reference": "a\x00b"}, 400),
+        (2, "/qty", {"delta": 1, "reference": "bell\x07"}, 400),
+        (2, "/qty", {"delta": 1, "reference": "line\nbreak"}, 400),
+        (2, "/qty", {"delta": 1, "reference": "a\x85b"}, 400),
+        (2, "/qty", {"delta": 1, "reference": "a\ud800b"}, 400),
+        (2, "/qty", {"delta": 1, "reference": 5}, 400),
+        (2, "/qty", {"delta": 1, "reference": True}, 400),
+        (2, "/qty", {"delta": 1, "reference": ["order 1"]}, 400),
         (2, "", {"name": "pear"}, 200),  # a rename changes no qty
+        (2, "", {"low_stock_threshold": 3}, 200),  # nor does a threshold
     ],
-    ids=["below-zero", "above-max", "stale-expected-qty", "reason-too-long", "rename"],
+    ids=[
+        "below-zero",
+        "above-max",
+        "stale-expected-qty",
+        "reason-too-long",
+        "reference-201-chars",
+        "reference-nul",
+        "reference-bell",
+        "reference-newline",
+        "reference-next-line",
+        "reference-lone-surrogate",
+        "reference-number",
+        "reference-true",
+        "reference-list",
+        "rename",
+        "threshold",
+    ],
 )
-def test_a_refused_delta_or_a_rename_writes_no_movement(api, start, path, body, status):
+def test_a_refused_delta_or_an_update_writes_no_movement(api, start, path, body, status):
     item = api.create("apple", start)
     items, moves = state()
 
@@ -109,9 +147,14 @@ def test_a_refused_delta_or_a_rename_writes_no_movement(api, start, path, body, 
 
     assert response.status_code == status
     if status == 200:
-        assert state() == ([(uuid.UUID(item["id"]), "pear", start)], moves)
+        updated = {"name": "apple", "low_stock_threshold": None, **body}
+        row = (uuid.UUID(item["id"]), updated["name"], start, 0, updated["low_stock_threshold"])
+        assert state() == ([row], moves)
     else:
         assert state() == (items, moves)
+        text_fields = [field for field in ("reason", "reference") if field in body]
+        if text_fields:
+            assert (response.status_code, response.json()["field"]) == (400, text_fields[0])
 
 
 def test_movements_are_listed_oldest_first_and_only_the_items_own(api):
@@ -153,9 +196,9 @@ def test_movements_are_kept_after_the_item_is_deleted(api):
 
     assert api.get(f"/items/{item['id']}").status_code == 404
     assert brief(movements(api, item["id"])) == [
-        ("create", 3, 3, None),
-        ("adjust", 2, 5, None),
-        ("delete", -5, 0, None),
+        ("create", 3, 3, None, None),
+        ("adjust", 2, 5, None, None),
+        ("delete", -5, 0, None, None),
     ]
 
 

@@ -86,7 +86,7 @@ def send(client, write_token, read_token, apple, monkeypatch):
         raise RuntimeError("boom")
 
     # Only the "500" row renames and only the "503" row asks /readyz.
-    monkeypatch.setattr(items, "item_rename", broken)
+    monkeypatch.setattr(items, "item_update", broken)
     monkeypatch.setattr(integrity, "database_ready", lambda: False)
     tokens = {"write": write_token, "read": read_token, None: None}
 
@@ -220,6 +220,13 @@ UNLOGGED = {
     "create": ("POST", "/items", {"name": MARKER, "qty": 1}, None),
     "rename": ("PATCH", "/items/{id}", {"name": MARKER}, None),
     "adjust reason": ("PATCH", "/items/{id}/qty", {"delta": 1, "reason": MARKER}, None),
+    "adjust reference": ("PATCH", "/items/{id}/qty", {"delta": 1, "reference": MARKER}, None),
+    "batch reference": (
+        "POST",
+        "/adjustments",
+        {"changes": [{"id": "{id}", "delta": 1}], "reference": MARKER},
+        None,
+    ),
     "refused body": ("POST", "/items", {"name": MARKER, "qty": -1}, None),
     "bad token": ("GET", "/items", None, f"Bearer inv_0123456789abcdef.{MARKER}"),
     "malformed header": ("GET", "/items", None, f"Bearer {MARKER}"),
@@ -230,6 +237,7 @@ UNLOGGED = {
 def test_the_log_line_never_holds_the_token_or_the_body(api, write_token, apple, request_log, case):
     method, path, body, authorization = UNLOGGED[case]
     headers = {} if authorization is None else {"Authorization": authorization}
+    body = None if body is None else json.loads(json.dumps(body).replace("{id}", apple["id"]))
     request_log.clear()
 
     api.request(method, path.replace("{id}", apple["id"]), body, **headers)

@@ -16,6 +16,10 @@ def rows():
     return sorted(Item.objects.values_list("name", "qty"))
 
 
+def thresholds():
+    return sorted(Item.objects.values_list("name", "low_stock_threshold"))
+
+
 def test_item_create_returns_the_stored_item():
     item = items.item_create(name=" caf\u0065\u0301 ", qty=3)
     assert (item.name, item.qty) == ("caf\u00e9", 3)
@@ -38,21 +42,51 @@ def test_item_create_refuses_a_broken_invariant(name, qty):
     assert rows() == []
 
 
+@pytest.mark.parametrize("threshold", [True, 5.0, "5", -1, QTY_MAX + 1])
+def test_item_create_refuses_a_threshold_that_is_not_null_or_an_integer_in_range(threshold):
+    with pytest.raises(errors.InvalidInput) as excinfo:
+        items.item_create(name="apple", qty=1, low_stock_threshold=threshold)
+    assert excinfo.value.field == "low_stock_threshold"
+    assert rows() == []
+
+
 def test_model_boundary_refuses_a_broken_invariant_outside_services():
     with pytest.raises(errors.InvalidInput):
         Item(name="  ", qty=1).save()
     assert rows() == []
 
 
-def test_item_rename_returns_none_for_unknown_item():
-    assert items.item_rename(item_id=uuid.uuid4(), name="x") is None
+def test_item_update_returns_none_for_unknown_item():
+    assert items.item_update(item_id=uuid.uuid4(), name="x") is None
+    assert items.item_update(item_id=uuid.uuid4(), low_stock_threshold=1) is None
 
 
-def test_item_rename_refuses_blank_before_looking_up():
+def test_item_update_refuses_blank_before_looking_up():
     item = items.item_create(name="apple", qty=1)
     with pytest.raises(errors.InvalidInput):
-        items.item_rename(item_id=item.id, name=" \u3000 ")
+        items.item_update(item_id=item.id, name=" \u3000 ")
     assert rows() == [("apple", 1)]
+
+
+def test_item_update_keeps_the_fields_it_is_not_given():
+    item = items.item_create(name="apple", qty=1, low_stock_threshold=2)
+
+    renamed = items.item_update(item_id=item.id, name=" pear ")
+    assert (renamed.name, renamed.qty, renamed.low_stock_threshold) == ("pear", 1, 2)
+    assert thresholds() == [("pear", 2)]
+
+    cleared = items.item_update(item_id=item.id, low_stock_threshold=None)
+    assert (cleared.name, cleared.qty, cleared.low_stock_threshold) == ("pear", 1, None)
+    assert thresholds() == [("pear", None)]
+
+
+@pytest.mark.parametrize("threshold", [True, 5.0, "5", -1, QTY_MAX + 1])
+def test_item_update_refuses_a_bad_threshold_and_changes_nothing(threshold):
+    item = items.item_create(name="apple", qty=1, low_stock_threshold=2)
+    with pytest.raises(errors.InvalidInput) as excinfo:
+        items.item_update(item_id=item.id, name="pear", low_stock_threshold=threshold)
+    assert excinfo.value.field == "low_stock_threshold"
+    assert thresholds() == [("apple", 2)]
 
 
 def test_item_delete_of_unknown_item_is_a_no_op():

@@ -238,7 +238,7 @@ def test_validate_item_returns_a_new_dict_with_the_name_normalised():
 
     valid = validate_item(data)
 
-    assert valid == {"name": "caf\u00e9", "qty": 3}
+    assert valid == {"name": "caf\u00e9", "qty": 3, "low_stock_threshold": None}
     assert valid is not data
     assert data == original  # the caller's dict is left alone
 
@@ -255,12 +255,35 @@ def test_validate_item_returns_a_new_dict_with_the_name_normalised():
         pytest.param({"name": "", "qty": 1}, "name", id="blank-name"),
         pytest.param({"name": "a", "qty": True}, "qty", id="bool-qty"),
         pytest.param({"name": "a", "qty": -1}, "qty", id="negative-qty"),
+        pytest.param(
+            {"name": "a", "qty": 1, "low_stock_threshold": True}, "low_stock_threshold", id="threshold-true"
+        ),
+        pytest.param(
+            {"name": "a", "qty": 1, "low_stock_threshold": 5.0}, "low_stock_threshold", id="threshold-float"
+        ),
+        pytest.param(
+            {"name": "a", "qty": 1, "low_stock_threshold": "5"}, "low_stock_threshold", id="threshold-string"
+        ),
+        pytest.param(
+            {"name": "a", "qty": 1, "low_stock_threshold": -1}, "low_stock_threshold", id="threshold-negative"
+        ),
+        pytest.param(
+            {"name": "a", "qty": 1, "low_stock_threshold": 2**63}, "low_stock_threshold", id="threshold-2**63"
+        ),
+        pytest.param({"name": "a", "low_stock_threshold": 1}, "qty", id="threshold-without-qty"),
+        pytest.param({"name": "a", "qty": 1, "reserved": 0}, "reserved", id="reserved-is-not-writable"),
     ],
 )
 def test_validate_item_rejects_and_names_the_bad_field(data, field):
     with pytest.raises(InvalidInput) as excinfo:
         validate_item(data)
     assert excinfo.value.field == field
+
+
+@pytest.mark.parametrize("threshold", [None, 0, 1, QTY_MAX], ids=repr)
+def test_validate_item_accepts_a_threshold_that_is_null_or_an_integer_in_range(threshold):
+    valid = validate_item({"name": "a", "qty": 1, "low_stock_threshold": threshold})
+    assert valid == {"name": "a", "qty": 1, "low_stock_threshold": threshold}
 
 
 # apply_delta ---------------------------------------------------------------------------------------
