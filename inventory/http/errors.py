@@ -100,7 +100,15 @@ def database_unavailable(request, exc: OperationalError) -> JsonResponse:
     return response
 
 
+# SQLSTATEs that psycopg reports as another class than OperationalError but that mean the
+# same: the database ended the transaction, nothing was committed, a retry may succeed
+# (PostgreSQL documentation, Appendix A): idle_in_transaction_session_timeout.
+UNAVAILABLE_SQLSTATES = {"25P03"}
+
+
 def unexpected(request, exc: Exception) -> JsonResponse:
+    if getattr(exc.__cause__, "sqlstate", None) in UNAVAILABLE_SQLSTATES:
+        return database_unavailable(request, exc)
     logger.exception("unexpected error (request %s)", getattr(request, "request_id", None))
     if isinstance(exc, DatabaseError):
         metrics.DATABASE_ERRORS.labels("unexpected").inc()

@@ -7,7 +7,7 @@ import logging
 import re
 
 import pytest
-from django.db import OperationalError
+from django.db import InternalError, OperationalError
 from django.db.migrations.executor import MigrationExecutor
 
 from inventory import integrity, items
@@ -359,3 +359,26 @@ def test_a_host_not_allowed_is_a_json_400_also_when_https_redirects_ask_for_it_f
 
     assert (refused.status_code, refused.json()) == (400, {"error": "host not allowed"})
     assert (redirected.status_code, redirected["Location"]) == (301, "https://localhost/healthz")
+
+
+def test_a_transaction_the_database_ended_for_idling_is_a_503_not_a_500(api, apple, monkeypatch):
+    # PostgreSQL's idle_in_transaction_session_timeout arrives as psycopg's InternalError
+    # (SQLSTATE 25P03): nothing was committed and a retry may succeed.
+    class Ended(Exception):
+        sqlstate = "25P03"
+
+    def ended(**kwargs):
+        try:
+            raise Ended("terminating connection due to idle-in-transaction timeout")
+        except Ended as cause:
+            raise InternalError("terminating connection") from cause
+
+    monkeypatch.setattr(items, "qty_adjust", ended)
+    before = stored_state()
+
+    response = api.patch(f"/items/{apple['id']}/qty", {"delta": 1})
+
+    assert response.status_code == 503
+    assert response.json()["error"] == "database_unavailable"
+    assert response["Retry-After"] == "1"
+    assert stored_state() == before
