@@ -3,7 +3,12 @@ worker processes, chosen by measurement (bench/servers.py, README "Performance")
 --reload, the development server (`make run`).
 
 Settings from the environment: HOST, PORT, WEB_CONCURRENCY (default: one worker per CPU
-core), THREADS (threads per worker running the app, default 1).
+core), THREADS (threads per worker running the app, default 1), WORKER (default 1).
+
+Beside granian's workers runs the service's own worker, `manage.py worker` (inventory/worker.py:
+hold expiry, webhook delivery, pruning), supervised here: granian restarts only its own
+processes. WORKER=0 leaves it out, for app servers where another process runs it (several
+may run against one database; one works at a time).
 
 granian reads a request body in the app thread with no timeout, so a client that stops in
 the middle of its body holds a worker: in production this server runs behind the buffering
@@ -17,11 +22,17 @@ has not sent its headers within HTTP1_HEADER_READ_TIMEOUT is closed without an a
 """
 
 import argparse
+import contextlib
 import fcntl
+import logging
 import os
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from granian.constants import HTTPModes, Interfaces
@@ -45,6 +56,17 @@ METRICS_PREFIX = "inventory-metrics-"
 # nobody will write to again.
 METRICS_LOCK = ".owner.lock"
 
+# The service's worker (`manage.py worker`) is started again this long after it exits, doubled
+# at every exit that comes within WORKER_STEADY_SECONDS of its start, up to the maximum.
+WORKER_RESTART_SECONDS = 1.0
+WORKER_RESTART_MAX_SECONDS = 30.0
+WORKER_STEADY_SECONDS = 60.0
+# How long a stopping worker may finish its duty in progress (a webhook delivery waits up to
+# 10 s for its receiver) before it is killed.
+WORKER_STOP_TIMEOUT = 12.0
+
+log = logging.getLogger("inventory.serve")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -54,13 +76,21 @@ def main() -> None:
         help="development (make run): one worker, restarted when a file under config/ or "
         "inventory/ changes; no SECRET_KEY needed",
     )
-    if parser.parse_args().reload:
-        develop()
+    reload = parser.parse_args().reload
+    if not log.handlers:  # in granian's format, beside its own lines
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    worker = WorkerSupervisor() if worker_wanted() else None
+    if reload:
+        develop(worker)
     else:
-        production()
+        production(worker)
 
 
-def production() -> None:
+def production(worker: "WorkerSupervisor | None") -> None:
     if not os.environ.get("SECRET_KEY"):
         # Production never invents a credential: refuse to start without one.
         sys.exit(
@@ -79,27 +109,41 @@ def production() -> None:
         own = own_metrics_dir()
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(own)
     try:
-        server(
-            workers=int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count() or 1),
-            respawn_failed_workers=True,  # a worker that dies is replaced
+        supervised(
+            server(
+                workers=int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count() or 1),
+                respawn_failed_workers=True,  # a worker that dies is replaced
+            ),
+            worker,
         ).serve()
     finally:
         # serve() returns (or exits) after SIGTERM or SIGINT, once every worker has stopped.
+        # Its shutdown hook has stopped the service's worker, unless it ended by an exception.
+        if worker is not None:
+            worker.stop()
         if own:
             shutil.rmtree(own, ignore_errors=True)
 
 
-def develop() -> None:
+def develop(worker: "WorkerSupervisor | None") -> None:
     """The same server with one worker (so its metrics need no shared folder), started anew
-    when the code changes. Only config/ and inventory/ are watched: the embedded SQLite
-    database and its lock file sit in the project's root and change with every write."""
-    server(
-        workers=1,
-        reload=True,
-        reload_paths=[ROOT / "config", ROOT / "inventory"],
-        # A change that breaks the import waits for the next change, as runserver does.
-        reload_ignore_worker_failure=True,
-    ).serve()
+    when the code changes, and the service's worker with it. Only config/ and inventory/ are
+    watched: the embedded SQLite database and its lock file sit in the project's root and
+    change with every write."""
+    try:
+        supervised(
+            server(
+                workers=1,
+                reload=True,
+                reload_paths=[ROOT / "config", ROOT / "inventory"],
+                # A change that breaks the import waits for the next change, as runserver does.
+                reload_ignore_worker_failure=True,
+            ),
+            worker,
+        ).serve()
+    finally:
+        if worker is not None:
+            worker.stop()
 
 
 def server(**settings) -> Server:
@@ -125,6 +169,134 @@ def server(**settings) -> Server:
         workers_kill_timeout=10,
         **settings,
     )
+
+
+def worker_wanted() -> bool:
+    """WORKER: 1 (the default) runs the service's worker beside the server, 0 does not."""
+    value = os.environ.get("WORKER", "1").strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    sys.exit(f"WORKER must be 1 or 0, not {value!r}")
+
+
+def supervised(granian: Server, worker: "WorkerSupervisor | None") -> Server:
+    """granian that starts the worker once it is listening, starts it anew when it reloads its
+    own (code changes, SIGHUP), and stops it when it stops."""
+    if worker is None:
+        return granian
+
+    def startup() -> None:
+        # granian has set its SIGINT and SIGTERM handlers by now. The worker is told at once,
+        # so that it stops beside granian's workers, and is not started again meanwhile.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(signum)
+
+            def stop_then(signum, frame, handler=handler):
+                worker.stopping_soon()
+                if callable(handler):
+                    handler(signum, frame)
+
+            signal.signal(signum, stop_then)
+        worker.start()
+
+    granian.on_startup(startup)
+    granian.on_reload(worker.restart)
+    granian.on_shutdown(worker.stop)
+    return granian
+
+
+class WorkerSupervisor:
+    """Runs `python manage.py worker` as a child process and starts it again whenever it exits,
+    after WORKER_RESTART_SECONDS, doubled while it keeps exiting soon after its start. The
+    worker stops by itself if this process dies without stopping it (kill -9)."""
+
+    def __init__(self):
+        self._stopped = threading.Event()
+        self._stopping = False  # set from a signal handler: a plain flag, no lock
+        self._restart = False
+        self._lock = threading.Lock()
+        self._spawning = threading.Lock()  # held while a Popen runs; see start()
+        self._process: subprocess.Popen | None = None
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._supervise, name="worker-supervisor", daemon=True)
+
+    def start(self) -> None:
+        # granian forks its workers from the main thread (multiprocessing's fork), at its start
+        # and whenever it replaces one. A fork while Popen runs in the supervising thread would
+        # copy Popen's pipe into that granian worker, and Popen waits for the pipe to close:
+        # until that worker exits. So a fork waits for a Popen in progress (milliseconds).
+        os.register_at_fork(
+            before=self._spawning.acquire,
+            after_in_parent=self._spawning.release,
+            after_in_child=self._spawning.release,
+        )
+        self._thread.start()
+
+    def stopping_soon(self) -> None:
+        """From a signal handler: ask the worker to stop, start no other."""
+        if os.getpid() != self._pid:
+            return  # a granian worker forked from this process, before it set its own handlers
+        self._stopping = True
+        process = self._process
+        if process is not None and process.returncode is None:
+            # Not reaped yet, so the pid is still the worker's.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)
+
+    def restart(self) -> None:
+        """Start the worker anew at once, to run changed code."""
+        with self._lock:
+            self._restart = True
+            if self._process is not None and self._process.poll() is None:
+                self._process.terminate()
+
+    def stop(self) -> None:
+        """Stop the worker (SIGTERM, then SIGKILL after WORKER_STOP_TIMEOUT) and its supervision."""
+        self._stopping = True
+        self._stopped.set()
+        with self._lock:
+            process = self._process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(WORKER_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                log.warning("worker (pid %s) did not stop in %g s: killed", process.pid, WORKER_STOP_TIMEOUT)
+                process.kill()
+                process.wait()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(WORKER_STOP_TIMEOUT)
+
+    def _supervise(self) -> None:
+        quick_exits = 0
+        while True:
+            with self._lock:
+                if self._stopping or self._stopped.is_set():
+                    return
+                self._restart = False
+                started = time.monotonic()
+                try:
+                    with self._spawning:
+                        self._process = subprocess.Popen(  # noqa: S603 (a fixed command)
+                            [sys.executable, "manage.py", "worker", "--parent", str(os.getpid())],
+                            cwd=ROOT,
+                            stdin=subprocess.DEVNULL,
+                        )
+                except OSError:
+                    log.exception("could not start the worker")
+                    self._process = None
+            code = self._process.wait() if self._process is not None else None
+            if self._stopping or self._stopped.is_set():
+                return
+            if self._restart:
+                quick_exits = 0
+                continue
+            quick_exits = quick_exits + 1 if time.monotonic() - started < WORKER_STEADY_SECONDS else 1
+            delay = min(WORKER_RESTART_MAX_SECONDS, WORKER_RESTART_SECONDS * 2 ** (quick_exits - 1))
+            log.warning("worker exited (status %s); starting it again in %g s", code, delay)
+            self._stopped.wait(delay)
 
 
 def own_metrics_dir() -> Path:

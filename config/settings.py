@@ -159,6 +159,24 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
 # most a revocation takes to reach every process. 0 asks on every request.
 TOKEN_CACHE_SECONDS = float(os.environ.get("TOKEN_CACHE_SECONDS", "2"))
 
+# Days the change feed keeps an event; the worker (inventory/worker.py) prunes older ones every
+# 10 minutes. The contract promises at least 7, so less is refused.
+try:
+    EVENTS_RETENTION_DAYS = float(os.environ.get("EVENTS_RETENTION_DAYS", "").strip() or 7)
+except ValueError:
+    EVENTS_RETENTION_DAYS = -1.0
+if not 7 <= EVENTS_RETENTION_DAYS < float("inf"):
+    raise ImproperlyConfigured(
+        f"EVENTS_RETENTION_DAYS must be a number of days >= 7, not {os.environ['EVENTS_RETENTION_DAYS']!r}"
+    )
+
+# Webhooks (inventory/webhooks.py). A receiver's URL must be https and resolve only to public
+# addresses; WEBHOOKS_ALLOW_PRIVATE=1 lifts both rules (http:// and any address), for tests and
+# closed networks. A webhook failing for WEBHOOKS_DISABLE_AFTER_SECONDS (the contract's 24 hours)
+# is disabled.
+WEBHOOKS_ALLOW_PRIVATE = env_bool("WEBHOOKS_ALLOW_PRIVATE", False)
+WEBHOOKS_DISABLE_AFTER_SECONDS = env_seconds("WEBHOOKS_DISABLE_AFTER_SECONDS", 24 * 3600)
+
 USE_TZ = True
 TIME_ZONE = "UTC"
 USE_I18N = False

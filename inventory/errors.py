@@ -50,6 +50,12 @@ class InvalidCursor(InvalidInput):
     message = "cursor is not one this service issued"
 
 
+class CursorExpired(InventoryError):
+    """Events after the feed cursor were pruned (410): read again from the oldest kept."""
+
+    message = "cursor expired"
+
+
 class ItemNotFound(InventoryError):
     """An item a batch names does not exist (a single-item service returns None instead)."""
 
@@ -108,6 +114,22 @@ class IdempotencyKeyReused(InventoryError):
 
 class TokenNameTaken(InventoryError):
     message = "an active token with this name already exists"
+
+
+class WebhookUrlRefused(InvalidInput):
+    """A webhook URL the service will not call: not https, malformed, or a host that resolves
+    to an address that is not public (loopback, private, link-local, ...)."""
+
+    message = "url is refused"
+
+    def __init__(self, message: str | None = None):
+        super().__init__(message, field="url")
+
+
+class TooManyWebhooks(InvalidInput):
+    """At most WEBHOOKS_MAX webhooks exist at once."""
+
+    message = "at most 100 webhooks may exist; delete one first"
 
 
 # The contract's order of refusals ("Errors"): when several lines of a batch or a hold are

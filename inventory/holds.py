@@ -17,7 +17,7 @@ import uuid
 from django.db import connection, transaction
 from django.db.models import F
 
-from inventory import clock, invariants, items, metrics, reservations, sql
+from inventory import clock, events, invariants, items, metrics, reservations, sql
 from inventory.errors import HoldNotActive, InventoryError, ItemNotFound, first_refusal
 from inventory.models import Hold, HoldLine, Item, Movement
 from inventory.transactions import retry_on_conflict
@@ -27,27 +27,35 @@ def _count(outcome: str) -> None:
     transaction.on_commit(metrics.HOLDS.labels(outcome).inc)
 
 
-def _reserve(item_id: uuid.UUID, qty: int, expires_at: datetime.datetime) -> None:
+def _reserve(item_id: uuid.UUID, qty: int, expires_at: datetime.datetime, hold_id: uuid.UUID) -> None:
     """Set qty of the item aside, or raise ItemNotFound / NotEnoughStock."""
     expiry = sql.param(Item, "holds_expire_at", expires_at)
-    params = [qty, expiry, expiry, sql.param(Item, "id", item_id), qty]
+    now = sql.param(Item, "holds_expire_at", clock.now())
+    params = [qty, expiry, expiry, sql.param(Item, "id", item_id), now, qty]
     with connection.cursor() as cursor:
         cursor.execute(sql.guarded_reserve(connection.vendor), params)
-        if cursor.fetchone() is not None:
-            return
-        # Refused or missing: with the row locked and expired holds collected, the true reason.
-        item = reservations.lock_item(item_id)
-        if item is None:
-            raise ItemNotFound(field="lines", item_id=item_id)
-        invariants.line_fits(item.qty - item.reserved, qty, item_id)
-        cursor.execute(sql.guarded_reserve(connection.vendor), params)
-        if cursor.fetchone() is None:
-            raise AssertionError("a locked row that fits refused the reservation")
+        row = cursor.fetchone()
+        if row is None:
+            # Refused, missing or counting an expired hold: with the row locked and expired
+            # holds collected (their events first), the true reason.
+            item = reservations.lock_item(item_id)
+            if item is None:
+                raise ItemNotFound(field="lines", item_id=item_id)
+            invariants.line_fits(item.qty - item.reserved, qty, item_id)
+            cursor.execute(sql.guarded_reserve(connection.vendor), params)
+            row = cursor.fetchone()
+    item = reservations.item_from_row(item_id, row)
+    events.stock_changed(item, kind="hold", reserved_delta=qty, hold_id=hold_id)
 
 
 @retry_on_conflict
 def hold_create(
-    *, lines: list[dict], ttl_seconds: object = None, reference: object = None, actor: str = ""
+    *,
+    lines: list[dict],
+    ttl_seconds: object = None,
+    reference: object = None,
+    actor: str = "",
+    request_id: str = "",
 ) -> Hold:
     """Hold every line or none. Raises InvalidInput, or the first refusal in the contract's
     order (errors.first_refusal): ItemNotFound, then NotEnoughStock, for the first such line
@@ -56,13 +64,14 @@ def hold_create(
     ttl = invariants.HOLD_TTL_DEFAULT_SECONDS if ttl_seconds is None else invariants.check_ttl(ttl_seconds)
     reference = invariants.check_reference(reference)
     try:
-        with transaction.atomic():
+        with events.transition(actor=actor, request_id=request_id):
             now = clock.now()
             expires_at = now + datetime.timedelta(seconds=ttl)
+            hold_id = Hold._meta.pk.get_default()  # known before the lines, which name it in their events
             refusals = []
             for line in sorted(lines, key=lambda line: line["id"]):
                 try:
-                    _reserve(line["id"], line["qty"], expires_at)
+                    _reserve(line["id"], line["qty"], expires_at, hold_id)
                 except InventoryError as exc:
                     # Every line is tried, so that the refusal given is the contract's first
                     # (a missing item before a short one); raising rolls back what was reserved.
@@ -71,7 +80,12 @@ def hold_create(
             if refusals:
                 raise first_refusal(refusals)
             hold = Hold.objects.create(
-                state=Hold.ACTIVE, reference=reference, expires_at=expires_at, created_at=now, actor=actor
+                id=hold_id,
+                state=Hold.ACTIVE,
+                reference=reference,
+                expires_at=expires_at,
+                created_at=now,
+                actor=actor,
             )
             hold.line_list = HoldLine.objects.bulk_create(
                 HoldLine(
@@ -79,6 +93,7 @@ def hold_create(
                 )
                 for position, line in enumerate(lines)
             )
+            events.emit("hold.created", hold_id=hold.id, data=events.hold_data(hold, Hold.ACTIVE))
     except InventoryError:
         metrics.HOLDS.labels("refused").inc()
         raise
@@ -101,14 +116,16 @@ def _lines(hold: Hold) -> list[HoldLine]:
     return sorted(hold.lines.all(), key=lambda line: line.item_id)
 
 
-def _unreserve(hold: Hold, now: datetime.datetime) -> None:
+def _unreserve(hold: Hold, now: datetime.datetime, kind: str) -> None:
     """Stop counting the hold's lines in their items' `reserved` (those a writer has not
-    collected already), each item's row locked in id order."""
+    collected already), each item's row locked in id order; kind is release or expire."""
     for line in _lines(hold):
         reservations.lock_item(line.item_id, now)
         if HoldLine.objects.filter(pk=line.pk, reserving=True).update(reserving=False):
             Item.objects.filter(pk=line.item_id).update(reserved=F("reserved") - line.qty)
             reservations.refresh_expiry(line.item_id)
+            item = reservations.lock_item(line.item_id, now)
+            events.stock_changed(item, kind=kind, reserved_delta=-line.qty, hold_id=hold.id)
 
 
 @retry_on_conflict
@@ -116,7 +133,7 @@ def hold_commit(*, hold_id: uuid.UUID, actor: str = "", request_id: str = "") ->
     """Take each line's qty from its item (qty and reserved both fall by it), one `commit`
     movement per line, in one transaction. A committed hold answers again and takes nothing
     more. Raises HoldNotActive for an expired or released hold."""
-    with transaction.atomic():
+    with events.transition(actor=actor, request_id=request_id):
         hold, state, now = _locked(hold_id)
         if hold is None:
             return None
@@ -131,8 +148,17 @@ def hold_commit(*, hold_id: uuid.UUID, actor: str = "", request_id: str = "") ->
                 with connection.cursor() as cursor:
                     params = [line.qty, line.qty, sql.param(Item, "id", line.item_id)]
                     cursor.execute(sql.take_reserved(connection.vendor), params)
-                    qty_after = cursor.fetchone()[1]
+                    item = reservations.item_from_row(line.item_id, cursor.fetchone())
+                qty_after = item.qty
                 reservations.refresh_expiry(line.item_id)
+                events.stock_changed(
+                    item,
+                    kind=Movement.COMMIT,
+                    delta=-line.qty,
+                    reserved_delta=-line.qty,
+                    reference=hold.reference,
+                    hold_id=hold.id,
+                )
                 moved.append(
                     items.movement(
                         line.item_id,
@@ -148,39 +174,73 @@ def hold_commit(*, hold_id: uuid.UUID, actor: str = "", request_id: str = "") ->
             items.record(*moved)
             hold.state = state
             hold.save(update_fields=["state"])
+            events.emit("hold.committed", hold_id=hold.id, data=events.hold_data(hold, state))
             _count("committed")
     return hold
 
 
 @retry_on_conflict
-def hold_release(*, hold_id: uuid.UUID) -> Hold | None:
+def hold_release(*, hold_id: uuid.UUID, actor: str = "", request_id: str = "") -> Hold | None:
     """Give the held stock back. Releasing a released or expired hold changes nothing (an
     expired hold stays expired). Raises HoldNotActive for a committed hold."""
-    with transaction.atomic():
+    with events.transition(actor=actor, request_id=request_id):
         hold, state, now = _locked(hold_id)
         if hold is None:
             return None
         after, changes = invariants.hold_action(state, invariants.RELEASE)
         if changes:
-            _unreserve(hold, now)
+            _unreserve(hold, now, "release")
             hold.state = after
             hold.save(update_fields=["state"])
+            events.emit("hold.released", hold_id=hold.id, data=events.hold_data(hold, after))
             _count("released")
         elif state == invariants.EXPIRED and hold.state == Hold.ACTIVE:
             # Expired, and no writer has stored it yet: store it now, changing nothing a
             # client can see.
-            _unreserve(hold, now)
-            reservations.mark_expired({hold.id}, now)
-            hold.state = after
+            _expire(hold, now)
     return hold
 
 
+def _expire(hold: Hold, now: datetime.datetime) -> None:
+    """Store the expiry of a hold that is expired but still stored active, with its events;
+    the hold's row is locked."""
+    _unreserve(hold, now, "expire")
+    reservations.mark_expired({hold.id}, now)
+    hold.state = Hold.EXPIRED
+
+
+def holds_expire_due(*, limit: int = 100) -> int:
+    """The sweep: store the expiry, and write the events, of up to `limit` holds (and of the
+    items still counting their lines) that expired without any transaction having touched
+    their items since; returns how many it expired or collected. Each in a transaction of its
+    own, so that none waits long; a hold or item another transaction has locked is left to it."""
+    now = clock.now()
+    done = 0
+    due = Hold.objects.filter(state=Hold.ACTIVE, expires_at__lte=now).order_by("expires_at")
+    for hold_id in due.values_list("id", flat=True)[:limit]:
+        with events.transition():
+            hold = (
+                Hold.objects.select_for_update(skip_locked=True).filter(pk=hold_id, state=Hold.ACTIVE).first()
+            )
+            if hold is not None and invariants.hold_state(hold.state, hold.expires_at, now) == Hold.EXPIRED:
+                _expire(hold, now)
+                done += 1
+    # Lines of holds already stored expired that an item still counts (its holds_expire_at past).
+    for item_id in Item.objects.filter(holds_expire_at__lte=now).values_list("id", flat=True)[:limit]:
+        with events.transition():
+            reservations.lock_item(item_id, now)
+            done += 1
+    return done
+
+
 @retry_on_conflict
-def hold_extend(*, hold_id: uuid.UUID, ttl_seconds: object) -> Hold | None:
+def hold_extend(
+    *, hold_id: uuid.UUID, ttl_seconds: object, actor: str = "", request_id: str = ""
+) -> Hold | None:
     """expires_at = now + ttl_seconds. Raises InvalidInput for a bad ttl, HoldNotActive
     unless the hold is active."""
     ttl = invariants.check_ttl(ttl_seconds)
-    with transaction.atomic():
+    with events.transition(actor=actor, request_id=request_id):
         hold, state, now = _locked(hold_id)
         if hold is None:
             return None
@@ -191,6 +251,7 @@ def hold_extend(*, hold_id: uuid.UUID, ttl_seconds: object) -> Hold | None:
             HoldLine.objects.filter(pk=line.pk).update(expires_at=hold.expires_at)
             reservations.refresh_expiry(line.item_id)
         hold.save(update_fields=["expires_at"])
+        events.emit("hold.extended", hold_id=hold.id, data=events.hold_data(hold, Hold.ACTIVE))
     return hold
 
 

@@ -218,3 +218,22 @@ def apply_delta(qty: int, delta: int, reserved: int = 0) -> int:
     if new_qty > QTY_MAX:
         raise QtyAboveMax()
     return new_qty
+
+
+def stock_alerts(
+    available_before: int, threshold_before: int | None, available_after: int, threshold_after: int | None
+) -> list[str]:
+    """The stock alerts a change crossed, not merely ended in: item.low_stock when available
+    goes from at or above the threshold (or no threshold) to below it, by a change of stock or
+    of the threshold; item.out_of_stock when it reaches 0; item.back_in_stock when it rises
+    from 0."""
+    alerts = []
+    was_low = threshold_before is not None and available_before < threshold_before
+    is_low = threshold_after is not None and available_after < threshold_after
+    if is_low and not was_low:
+        alerts.append("item.low_stock")
+    if available_before > 0 and available_after == 0:
+        alerts.append("item.out_of_stock")
+    if available_before == 0 and available_after > 0:
+        alerts.append("item.back_in_stock")
+    return alerts

@@ -12,7 +12,7 @@ import uuid
 
 from django.db import IntegrityError, connection, transaction
 
-from inventory import clock, invariants, metrics, reservations, sql
+from inventory import clock, events, invariants, metrics, reservations, sql
 from inventory.errors import (
     DuplicateName,
     InventoryError,
@@ -29,7 +29,7 @@ UNSET = object()  # a field the request leaves as it is
 
 def record(*movements: dict) -> None:
     """Write movements, each from movement(), in one INSERT."""
-    head, row, fields = sql.movement_insert(connection.vendor)
+    head, row, fields = sql.insert(connection.vendor, Movement)
     at = clock.now()
     params = []
     for entry in movements:
@@ -73,9 +73,10 @@ def item_create(
     """Raises InvalidInput for a field the invariants refuse, DuplicateName for a taken name."""
     item = Item(name=name, qty=qty, low_stock_threshold=low_stock_threshold)
     try:
-        with transaction.atomic():
+        with events.transition(actor=actor, request_id=request_id):
             item.save(force_insert=True)
             record(movement(item.id, Movement.CREATE, item.qty, item.qty, actor=actor, request_id=request_id))
+            events.emit("item.created", item_id=item.id, data=events.item_data(item))
     except IntegrityError as exc:
         # The invariants passed, so the constraint that failed is the unique name:
         # a racing create of the same name won.
@@ -85,7 +86,12 @@ def item_create(
 
 @retry_on_conflict
 def item_update(
-    *, item_id: uuid.UUID, name: object = UNSET, low_stock_threshold: object = UNSET
+    *,
+    item_id: uuid.UUID,
+    name: object = UNSET,
+    low_stock_threshold: object = UNSET,
+    actor: str = "",
+    request_id: str = "",
 ) -> Item | None:
     """Rename the item and/or set its low_stock_threshold (a field left UNSET keeps its value).
     Raises InvalidInput for a value the invariants refuse, DuplicateName for a taken name."""
@@ -95,15 +101,18 @@ def item_update(
     if low_stock_threshold is not UNSET:
         changes["low_stock_threshold"] = invariants.check_threshold(low_stock_threshold)
     try:
-        with transaction.atomic():
+        with events.transition(actor=actor, request_id=request_id):
             item = reservations.lock_item(item_id)
             if item is None:
                 return None
+            threshold_before = item.low_stock_threshold
             Item.objects.filter(pk=item_id).update(**changes)
+            for field, value in changes.items():
+                setattr(item, field, value)
+            events.emit("item.updated", item_id=item.id, data=events.item_data(item))
+            events.stock_changed(item, kind="update", threshold_before=threshold_before)
     except IntegrityError as exc:
         raise DuplicateName(field="name") from exc
-    for field, value in changes.items():
-        setattr(item, field, value)
     return item
 
 
@@ -111,7 +120,7 @@ def item_update(
 def item_delete(*, item_id: uuid.UUID, actor: str = "", request_id: str = "") -> int | None:
     """Delete the item; returns the qty it removed, or None when there was no such item.
     Raises ItemHasActiveHolds while any hold sets some of it aside."""
-    with transaction.atomic():
+    with events.transition(actor=actor, request_id=request_id):
         item = reservations.lock_item(item_id)
         if item is None:
             return None
@@ -119,6 +128,7 @@ def item_delete(*, item_id: uuid.UUID, actor: str = "", request_id: str = "") ->
             raise ItemHasActiveHolds(item_id=item_id)
         Item.objects.filter(pk=item_id).delete()
         record(movement(item_id, Movement.DELETE, -item.qty, 0, actor=actor, request_id=request_id))
+        events.emit("item.deleted", item_id=item_id, data=events.item_data(item))
     return item.qty
 
 
@@ -126,7 +136,9 @@ def _guarded_add(item_id: uuid.UUID, delta: int, expected_qty: int | None) -> It
     """qty += delta in one guarded UPDATE (sql.guarded_add). Returns the item as updated,
     or None when the guard refused or the item does not exist."""
     statement = sql.guarded_add(connection.vendor, delta < 0, expected_qty is not None)
-    params = [delta, sql.param(Item, "id", item_id), -delta if delta < 0 else invariants.QTY_MAX - delta]
+    bound = -delta if delta < 0 else invariants.QTY_MAX - delta
+    now = sql.param(Item, "holds_expire_at", clock.now())
+    params = [delta, sql.param(Item, "id", item_id), now, bound]
     if expected_qty is not None:
         params.append(expected_qty)
     with connection.cursor() as cursor:
@@ -134,14 +146,17 @@ def _guarded_add(item_id: uuid.UUID, delta: int, expected_qty: int | None) -> It
         return reservations.item_from_row(item_id, cursor.fetchone())
 
 
-def adjust(item_id: uuid.UUID, delta: int, expected_qty: int | None) -> Item | None:
-    """The quantity transition, inside the caller's transaction, which records its movement.
-    The guard compares with the stored `reserved`, which may still count expired holds: a
-    delta it refuses is tried again once those are collected."""
+def adjust(
+    item_id: uuid.UUID, delta: int, expected_qty: int | None, *, reason=None, reference=None
+) -> Item | None:
+    """The quantity transition and its events, inside the caller's transition, which records
+    its movement. The guard compares with the stored `reserved`, which may still count expired
+    holds: a delta it refuses is tried again once those are collected."""
     item = _guarded_add(item_id, delta, expected_qty)
     if item is None:
-        # Refused or missing. Lock the row so the reason we give is the true one:
-        # another writer may have moved qty since the guard ran.
+        # Refused, missing, or counting an expired hold. Lock the row (collecting expired
+        # holds, whose events come first) so the reason we give is the true one: another
+        # writer may have moved qty since the guard ran.
         current = reservations.lock_item(item_id)
         if current is None:
             return None
@@ -151,7 +166,8 @@ def adjust(item_id: uuid.UUID, delta: int, expected_qty: int | None) -> Item | N
         # qty moved in between, or expired holds were collected, and the delta now fits;
         # the row is locked, so this applies.
         item = _guarded_add(item_id, delta, expected_qty)
-    return reservations.exact(item)
+    events.stock_changed(item, kind=Movement.ADJUST, delta=delta, reason=reason, reference=reference)
+    return item
 
 
 @retry_on_conflict
@@ -171,8 +187,8 @@ def qty_adjust(
     expected_qty = None if expected_qty is None else invariants.check_qty(expected_qty, "expected_qty")
     reason = invariants.check_reason(reason)
     reference = invariants.check_reference(reference)
-    with transaction.atomic():
-        item = adjust(item_id, delta, expected_qty)
+    with events.transition(actor=actor, request_id=request_id):
+        item = adjust(item_id, delta, expected_qty, reason=reason, reference=reference)
         if item is not None:
             record(
                 movement(
@@ -205,11 +221,13 @@ def adjustment_apply(
     changes = invariants.check_changes(changes)
     reason = invariants.check_reason(reason)
     reference = invariants.check_reference(reference)
-    with transaction.atomic():
+    with events.transition(actor=actor, request_id=request_id):
         applied, refusals = {}, []
         for change in sorted(changes, key=lambda c: c["id"]):
             try:
-                item = adjust(change["id"], change["delta"], change["expected_qty"])
+                item = adjust(
+                    change["id"], change["delta"], change["expected_qty"], reason=reason, reference=reference
+                )
             except InventoryError as exc:
                 # Every line is tried, so that the refusal given is the contract's first;
                 # raising below rolls back whatever applied.

@@ -7,6 +7,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -26,7 +27,24 @@ HOLDS = Counter(
     "Holds by what happened to them: created, committed, released, expired, refused.",
     ["outcome"],
 )
+EVENTS = Counter("inventory_events", "Events written to the change feed, by type.", ["type"])
 DATABASE_ERRORS = Counter("inventory_database_errors", "Database errors met while answering.", ["kind"])
+WEBHOOK_DELIVERIES = Counter(
+    "inventory_webhook_deliveries",
+    "Webhook delivery attempts by outcome: delivered (a 2xx within 10 s) or failed.",
+    ["outcome"],
+)
+# Set by the worker at every round, one series per webhook (at most 100). In multiprocess mode
+# the value shown is the one set last by a live process: the worker holding the lease now, not
+# one that held it before. prometheus_client cannot remove a series there (its docs: removal
+# "has not been implemented in multi-process mode"), so a deleted webhook's series is set to 0
+# instead, and stays until the worker's samples are let go (multiprocess.mark_process_dead).
+WEBHOOK_OLDEST_UNDELIVERED = Gauge(
+    "inventory_webhook_oldest_undelivered_seconds",
+    "Age of the oldest event a webhook has still to acknowledge (0: none), by webhook id.",
+    ["webhook"],
+    multiprocess_mode="livemostrecent",
+)
 
 
 def exposition() -> tuple[bytes, str]:

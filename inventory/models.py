@@ -34,6 +34,14 @@ class Item(models.Model):
     low_stock_threshold = models.BigIntegerField(null=True)
 
     class Meta:
+        indexes = [
+            # The sweep's question: which items still count a hold that has expired.
+            models.Index(
+                fields=["holds_expire_at"],
+                condition=models.Q(holds_expire_at__isnull=False),
+                name="item_holds_expire_at",
+            ),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["name"], name="item_name_unique"),
             models.CheckConstraint(
@@ -110,6 +118,12 @@ class Hold(models.Model):
     actor = models.CharField(max_length=100)
 
     class Meta:
+        indexes = [
+            # The sweep's question: which holds are stored active past their expiry.
+            models.Index(
+                fields=["expires_at"], condition=models.Q(state="active"), name="hold_active_expiry"
+            ),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=models.Q(state__in=invariants.HOLD_STATES), name="hold_state_known"
@@ -172,8 +186,12 @@ class IdempotencyKey(models.Model):
 class Token(models.Model):
     """An API token. Only a hash of its secret is stored; the token is shown once, when made."""
 
-    READ, WRITE = "read", "write"
-    SCOPES = [(READ, "read: GET only"), (WRITE, "write: everything")]
+    READ, WRITE, ADMIN = "read", "write", "admin"
+    SCOPES = [
+        (READ, "read: GET, but not webhooks"),
+        (WRITE, "write: everything but webhooks"),
+        (ADMIN, "admin: everything, webhooks included"),
+    ]
 
     name = models.CharField(max_length=100)
     scope = models.CharField(max_length=5, choices=SCOPES)
@@ -187,8 +205,92 @@ class Token(models.Model):
             models.UniqueConstraint(
                 fields=["name"], condition=models.Q(revoked_at__isnull=True), name="token_name_unique_active"
             ),
-            models.CheckConstraint(condition=models.Q(scope__in=["read", "write"]), name="token_scope_known"),
+            models.CheckConstraint(
+                condition=models.Q(scope__in=["read", "write", "admin"]), name="token_scope_known"
+            ),
         ]
 
     def __str__(self):
         return f"{self.name} ({self.scope})"
+
+
+class Event(models.Model):
+    """One event of the change feed, written in the transaction of the change it tells of
+    (a transactional outbox). `seq` is the feed's order: events are written holding a lock
+    taken just before them and kept to the commit (inventory.events), so seq order is commit
+    order. `event_id` is what receivers deduplicate on: random, so never reused, not even
+    after a restore or a copy to another database."""
+
+    seq = models.BigAutoField(primary_key=True)
+    event_id = models.UUIDField(unique=True, default=uuid.uuid4, editable=False)
+    type = models.CharField(max_length=32)
+    at = models.DateTimeField(db_index=True)
+    actor = models.CharField(max_length=100, null=True)  # noqa: DJ001
+    request_id = models.CharField(max_length=128, null=True)  # noqa: DJ001
+    item_id = models.UUIDField(null=True)
+    hold_id = models.UUIDField(null=True)
+    data = models.JSONField()
+
+    def __str__(self):
+        return f"{self.type} #{self.seq}"
+
+
+class FeedState(models.Model):
+    """One row: the highest seq pruned, so that a cursor before it is told 410."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    pruned_through = models.BigIntegerField(default=0)
+
+    def __str__(self):
+        return f"pruned through #{self.pruned_through}"
+
+
+class Webhook(models.Model):
+    """A receiver of the events of the types it names, delivered in feed order. `delivered_seq`
+    is the seq of the last event it acknowledged (or passed over); a new webhook starts at the
+    end of the feed."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    url = models.CharField(max_length=2000)
+    events = models.JSONField()
+    description = models.CharField(max_length=500, default="")
+    secret = models.CharField(max_length=100)  # whsec_<base64>, kept to sign every attempt
+    enabled = models.BooleanField(default=True)
+    disabled_reason = models.CharField(max_length=200, null=True)  # noqa: DJ001
+    created_at = models.DateTimeField()
+    delivered_seq = models.BigIntegerField(default=0)
+    failing_since = models.DateTimeField(null=True)
+    attempts = models.PositiveIntegerField(default=0)  # of the event now due, so far
+    next_attempt_at = models.DateTimeField(null=True)
+
+    def __str__(self):
+        return self.url
+
+
+class Delivery(models.Model):
+    """One attempt to deliver one event to one webhook: its log."""
+
+    id = models.BigAutoField(primary_key=True)
+    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
+    event_id = models.UUIDField()
+    status = models.PositiveSmallIntegerField(null=True)  # the receiver's HTTP status
+    error = models.CharField(max_length=300, null=True)  # noqa: DJ001
+    duration_ms = models.FloatField()
+    at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["webhook", "-id"], name="delivery_newest_first")]
+
+    def __str__(self):
+        return f"{self.event_id}: {self.status or self.error}"
+
+
+class Lease(models.Model):
+    """Who may run a background duty (the worker): one holder at a time, until `expires_at`."""
+
+    name = models.CharField(max_length=50, primary_key=True)
+    holder = models.CharField(max_length=100)
+    expires_at = models.DateTimeField()
+
+    def __str__(self):
+        return f"{self.name}: {self.holder}"

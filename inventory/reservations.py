@@ -19,7 +19,7 @@ from django.db import connection, transaction
 from django.db.models import Case, F, Min, OuterRef, Q, Subquery, Sum, Value, When
 from django.db.models.functions import Coalesce
 
-from inventory import clock, metrics, sql
+from inventory import clock, events, metrics, sql
 from inventory.models import Hold, HoldLine, Item
 
 
@@ -80,6 +80,8 @@ def mark_expired(hold_ids: set, now: datetime.datetime) -> None:
     if ids:
         expired = Hold.objects.filter(id__in=ids, state=Hold.ACTIVE).update(state=Hold.EXPIRED)
         transaction.on_commit(functools.partial(metrics.HOLDS.labels("expired").inc, expired))
+        for hold in Hold.objects.filter(id__in=ids).prefetch_related("lines").order_by("expires_at", "id"):
+            events.emit("hold.expired", hold_id=hold.id, data=events.hold_data(hold, Hold.EXPIRED))
 
 
 def refresh_expiry(item_id: uuid.UUID) -> None:
@@ -97,8 +99,10 @@ def lock_item(item_id: uuid.UUID, now: datetime.datetime | None = None) -> Item 
     item = item_from_row(item_id, _select(item_id, for_update=True))
     now = clock.now() if now is None else now
     if item is not None and not is_exact(item.holds_expire_at, now):
+        stored = item.reserved
         collect_expired(item_id, now)
         item = item_from_row(item_id, _select(item_id, for_update=False))
+        events.stock_changed(item, kind="expire", reserved_delta=item.reserved - stored)
         if not is_exact(item.holds_expire_at, now):
             item.reserved = reserved_now(item_id, item.reserved, item.holds_expire_at, now)
     return item
@@ -124,11 +128,3 @@ def item_from_row(item_id: uuid.UUID, row) -> Item | None:
         holds_expire_at=sql.as_datetime(holds_expire_at),
         low_stock_threshold=threshold,
     )
-
-
-def exact(item: Item) -> Item:
-    """An item whose row this transaction has just changed (and so locked), with its exact
-    `reserved`: its expired lines collected first when it has any."""
-    if is_exact(item.holds_expire_at, clock.now()):
-        return item
-    return lock_item(item.id)

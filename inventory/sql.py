@@ -8,8 +8,10 @@ import functools
 from django.db import connection
 from django.utils import dateparse
 
-from inventory.models import HoldLine, Item, Movement
+from inventory.models import HoldLine, Item
 
+# The stored `reserved` counts no hold that has expired by now (a parameter).
+EXACT = "(holds_expire_at IS NULL OR holds_expire_at > %s)"
 # What every statement that changes an item returns, in this order (see item_from_row).
 ITEM_COLUMNS = ("name", "qty", "reserved", "holds_expire_at", "low_stock_threshold")
 
@@ -24,41 +26,40 @@ def _names() -> dict:
 
 
 @functools.cache
-def movement_insert(vendor: str) -> tuple[str, str, tuple]:
-    """The INSERT of movements: its head, the placeholders of one row, and the fields in
-    their order (bulk_create() compiled it again on every write)."""
-    fields = tuple(field for field in Movement._meta.concrete_fields if not field.primary_key)
+def insert(vendor: str, model) -> tuple[str, str, tuple]:
+    """The INSERT of a model's rows (movements, events): its head, the placeholders of one row,
+    and the fields in their order; bulk_create() compiled it again on every write."""
+    fields = tuple(field for field in model._meta.concrete_fields if not field.primary_key)
     quote = connection.ops.quote_name
     columns = ", ".join(quote(field.column) for field in fields)
-    head = f"INSERT INTO {quote(Movement._meta.db_table)} ({columns}) VALUES "
+    head = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES "
     return head, "(" + ", ".join(["%s"] * len(fields)) + ")", fields
 
 
 @functools.cache
 def guarded_add(vendor: str, decrement: bool, compare: bool) -> str:
-    """qty = qty + delta where the result stays in range. Parameters: delta, id, bound, then
-    expected_qty for a compare-and-set. A decrement's guard is `qty - reserved >= -delta`
-    (never below what holds set aside), an increment's `qty <= QTY_MAX - delta`: written so
-    that no intermediate value leaves the 64-bit range (SQLite would turn it into a REAL and
-    PostgreSQL would raise)."""
+    """qty = qty + delta where the result stays in range and the stored `reserved` is exact
+    (no counted hold has expired by now). Parameters: delta, id, now, bound, then expected_qty
+    for a compare-and-set. A decrement's guard is `qty - reserved >= -delta` (never below what
+    holds set aside), an increment's `qty <= QTY_MAX - delta`: written so that no intermediate
+    value leaves the 64-bit range (SQLite would turn it into a REAL and PostgreSQL would raise).
+    A row refused for an expired hold is collected first (inventory.reservations), so that the
+    expiry's events come before this change's."""
     guard = "qty - reserved >= %s" if decrement else "qty <= %s"
     compare_and_set = " AND qty = %s" if compare else ""
-    return (
-        "UPDATE {item} SET qty = qty + %s WHERE id = %s AND "
-        + guard
-        + compare_and_set
-        + " RETURNING {columns}"
-    ).format(**_names())
+    statement = f"UPDATE {{item}} SET qty = qty + %s WHERE id = %s AND {EXACT} AND {guard}{compare_and_set}"
+    return (statement + " RETURNING {columns}").format(**_names())
 
 
 @functools.cache
 def guarded_reserve(vendor: str) -> str:
-    """reserved = reserved + qty where qty - reserved >= qty of the line, and the earliest
-    expiry of what reserved counts. Parameters: qty, expires_at, expires_at, id, qty."""
+    """reserved = reserved + qty where qty - reserved >= qty of the line and the stored
+    `reserved` is exact (as in guarded_add), and the earliest expiry of what reserved counts.
+    Parameters: qty, expires_at, expires_at, id, now, qty."""
     return (
         "UPDATE {item} SET reserved = reserved + %s, holds_expire_at = CASE WHEN holds_expire_at IS NULL"
         " OR holds_expire_at > %s THEN %s ELSE holds_expire_at END"
-        " WHERE id = %s AND qty - reserved >= %s RETURNING {columns}"
+        f" WHERE id = %s AND {EXACT} AND qty - reserved >= %s RETURNING {{columns}}"
     ).format(**_names())
 
 

@@ -11,7 +11,7 @@ from ninja.parser import Parser
 from ninja.security import HttpBearer
 
 from inventory import tokens
-from inventory.http import errors, holds, items, operations
+from inventory.http import errors, events, holds, items, operations, webhooks
 from inventory.invariants import ID_PATTERN
 from inventory.models import Token
 
@@ -64,8 +64,17 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
 
 
 class BearerToken(HttpBearer):
-    """`Authorization: Bearer <token>`, scope `read` (GET, HEAD) or `write` (everything).
-    Returns the token (ninja sets request.auth), or None for 401; raises for 403."""
+    """`Authorization: Bearer <token>`. Scope `read` may GET (and HEAD), `write` may do
+    everything, `admin` everything too; routes mounted with `BearerToken(admin=True)`
+    (webhooks) need `admin`. Returns the token (ninja sets request.auth), or None for 401;
+    raises for 403. One class for every route, so the OpenAPI document has one scheme."""
+
+    # Each scope may do what those before it may.
+    SCOPE_ORDER = (Token.READ, Token.WRITE, Token.ADMIN)
+
+    def __init__(self, *, admin: bool = False):
+        super().__init__()
+        self.admin = admin
 
     def __call__(self, request):
         # Parsed here rather than by HttpBearer, which logs a malformed header in DEBUG:
@@ -80,8 +89,14 @@ class BearerToken(HttpBearer):
         if found is None:
             return None
         request.token_name = found.name  # for the request's log line
-        if request.method not in READ_METHODS and found.scope != Token.WRITE:
-            raise AuthorizationError(message="this token's scope is read; this request needs write")
+        if self.admin:
+            needed = Token.ADMIN
+        else:
+            needed = Token.READ if request.method in READ_METHODS else Token.WRITE
+        if self.SCOPE_ORDER.index(found.scope) < self.SCOPE_ORDER.index(needed):
+            raise AuthorizationError(
+                message=f"this token's scope is {found.scope}; this request needs {needed}"
+            )
         return found
 
 
@@ -105,4 +120,6 @@ for error, handler in errors.HANDLERS.items():
 
 api.add_router("", items.router)
 api.add_router("", holds.router)
+api.add_router("", events.router)
+api.add_router("", webhooks.router, auth=BearerToken(admin=True))
 api.add_router("", operations.router)

@@ -15,12 +15,12 @@ def encode(after: str | int) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def _after(cursor: str) -> object:
+def _after(cursor: str, field: str = "cursor") -> object:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         return json.loads(raw)["after"]
     except (binascii.Error, ValueError, TypeError, KeyError) as exc:
-        raise InvalidCursor(field="cursor") from exc
+        raise InvalidCursor(field=field) from exc
 
 
 def decode_name(cursor: str) -> str:
@@ -36,8 +36,8 @@ def decode_name(cursor: str) -> str:
     return after
 
 
-def decode_id(cursor: str) -> int:
-    after = _after(cursor)
+def decode_id(cursor: str, field: str = "cursor") -> int:
+    after = _after(cursor, field)
     if type(after) is not int or not 0 <= after <= QTY_MAX:
-        raise InvalidCursor(field="cursor")
+        raise InvalidCursor(field=field)
     return after

@@ -11,6 +11,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from inventory import metrics
 from inventory.errors import (
     Conflict,
+    CursorExpired,
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
     InventoryError,
@@ -40,6 +41,7 @@ ERROR_STATUS = {
     ItemNotFound: 404,
     StaleQty: 409,
     Conflict: 409,
+    CursorExpired: 410,
     IdempotencyKeyInUse: 409,
     IdempotencyKeyReused: 422,
 }

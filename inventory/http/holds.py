@@ -46,7 +46,11 @@ def create_hold(request, payload: HoldIn):
     lines = [line.model_dump() for line in payload.lines]
     request.log_fields = {"lines": len(lines)}
     hold = holds.hold_create(
-        lines=lines, ttl_seconds=payload.ttl_seconds, reference=payload.reference, actor=request.auth.name
+        lines=lines,
+        ttl_seconds=payload.ttl_seconds,
+        reference=payload.reference,
+        actor=request.auth.name,
+        request_id=request.request_id,
     )
     request.log_fields["hold_id"] = str(hold.id)
     return Status(201, hold_body(hold))
@@ -78,7 +82,7 @@ def commit_hold(request, hold_id: uuid.UUID):
 @idempotent()
 def release_hold(request, hold_id: uuid.UUID):
     request.log_fields = {"hold_id": str(hold_id)}
-    return _found(holds.hold_release(hold_id=hold_id))
+    return _found(holds.hold_release(hold_id=hold_id, actor=request.auth.name, request_id=request.request_id))
 
 
 @router.post(
@@ -90,4 +94,11 @@ def release_hold(request, hold_id: uuid.UUID):
 @idempotent()
 def extend_hold(request, hold_id: uuid.UUID, payload: ExtendIn):
     request.log_fields = {"hold_id": str(hold_id)}
-    return _found(holds.hold_extend(hold_id=hold_id, ttl_seconds=payload.ttl_seconds))
+    return _found(
+        holds.hold_extend(
+            hold_id=hold_id,
+            ttl_seconds=payload.ttl_seconds,
+            actor=request.auth.name,
+            request_id=request.request_id,
+        )
+    )

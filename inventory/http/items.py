@@ -120,7 +120,9 @@ def update_item(request, item_id: uuid.UUID, payload: ItemUpdateIn):
     if not given:
         raise InvalidInput("give name, low_stock_threshold or both")
     changes = {field: getattr(payload, field) for field in given}
-    return _found(items.item_update(item_id=item_id, **changes))
+    return _found(
+        items.item_update(item_id=item_id, actor=actor(request), request_id=request.request_id, **changes)
+    )
 
 
 @router.delete(

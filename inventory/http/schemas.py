@@ -9,6 +9,7 @@ from typing import Annotated
 from ninja import Schema
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr, WithJsonSchema
 
+from inventory import webhooks
 from inventory.invariants import (
     BATCH_MAX_CHANGES,
     HOLD_MAX_LINES,
@@ -212,3 +213,93 @@ def write_responses(success: dict) -> dict:
 def idempotent_write_responses(success: dict) -> dict:
     """A write taking an Idempotency-Key: 409 while its first use runs, 422 on reuse."""
     return {**write_responses(success), 409: Error, 422: Error}
+
+
+class EventOut(BaseModel):
+    id: str = Field(description="unique, never reused: receivers deduplicate on it")
+    type: str
+    at: datetime.datetime
+    actor: str | None
+    request_id: str | None
+    item_id: uuid.UUID | None
+    hold_id: uuid.UUID | None
+    data: dict
+
+
+class EventPage(BaseModel):
+    events: list[EventOut]
+    next: str = Field(description="never null: poll again with it as `after`")
+
+
+class FeedQuery(Schema):
+    after: str | None = Field(
+        None,
+        description="the `next` of the previous page; absent: from the oldest event kept",
+        pattern=r"^[A-Za-z0-9_-]+$",
+    )
+    limit: QueryInt = Field(100, ge=1, le=1000)
+
+
+WEBHOOK_URL_RULE = (
+    "https, to a host that resolves only to public addresses (checked again at every delivery); "
+    "WEBHOOKS_ALLOW_PRIVATE lifts both rules"
+)
+WEBHOOK_EVENTS_RULE = "event types, item.*, hold.* or *, each at most once"
+WEBHOOK_EVENTS = {
+    "items": {"type": "string", "enum": sorted(webhooks.PATTERNS)},
+    "minItems": 1,
+    "maxItems": len(webhooks.PATTERNS),
+    "uniqueItems": True,
+}
+WEBHOOK_DESCRIPTION = {"maxLength": webhooks.DESCRIPTION_MAX_LENGTH}
+
+
+class WebhookIn(Strict):
+    url: StrictStr = Field(description=WEBHOOK_URL_RULE, json_schema_extra={"maxLength": 2000})
+    events: list[StrictStr] = Field(description=WEBHOOK_EVENTS_RULE, json_schema_extra=WEBHOOK_EVENTS)
+    description: StrictStr = Field("", json_schema_extra=WEBHOOK_DESCRIPTION)
+
+
+class WebhookUpdateIn(Strict):
+    """At least one field; a field left out keeps its value."""
+
+    enabled: bool = Field(None, strict=True, description="true resumes a disabled webhook where it stopped")
+    events: list[StrictStr] = Field(None, description=WEBHOOK_EVENTS_RULE, json_schema_extra=WEBHOOK_EVENTS)
+    description: StrictStr = Field(None, json_schema_extra=WEBHOOK_DESCRIPTION)
+
+
+class WebhookOut(BaseModel):
+    id: uuid.UUID
+    url: str
+    events: list[str]
+    description: str
+    enabled: bool
+    disabled_reason: str | None = Field(description="why it is disabled: null while enabled")
+    created_at: datetime.datetime
+    failing_since: datetime.datetime | None = Field(
+        description="the first failed attempt of the event now due; null while delivering"
+    )
+    next_attempt_at: datetime.datetime | None = Field(
+        description="when the event now due is tried next (null: as soon as there is one)"
+    )
+
+
+class WebhookCreated(WebhookOut):
+    secret: str = Field(description="signs every delivery (Standard Webhooks); shown this once")
+
+
+class WebhookList(BaseModel):
+    webhooks: list[WebhookOut]
+
+
+class DeliveryOut(BaseModel):
+    event_id: uuid.UUID
+    status: int | None = Field(description="the receiver's HTTP status; null when it gave none")
+    error: str | None = Field(description="why the attempt failed, or the start of the receiver's answer")
+    duration_ms: float
+    at: datetime.datetime = Field(description="when the attempt started")
+
+
+class DeliveryPage(BaseModel):
+    deliveries: list[DeliveryOut]
+    next: str | None = Field(description="cursor of the next (older) page, or null on the last")

@@ -87,6 +87,11 @@ def steady_metrics(monkeypatch):
 # HEAD ----------------------------------------------------------------------------------------------
 
 
+def needs_admin(path: str) -> bool:
+    """Webhooks answer only admin tokens: read and write tokens get 403."""
+    return path == "/webhooks" or path.startswith("/webhooks/")
+
+
 def documented_get_paths(client, item_id: str) -> dict[str, tuple[int, bool]]:
     """Every path the service's own OpenAPI document says answers GET: path -> (the status a
     GET with a token gets, whether it needs one). {item_id} is a real item (200); any other
@@ -110,7 +115,7 @@ def exchange(api, method: str, path: str) -> tuple[int, dict, bytes]:
     return response.status_code, dict(response.items()), body_of(response)
 
 
-@pytest.mark.parametrize("scope", ["write", "read", None])
+@pytest.mark.parametrize("scope", ["admin", "write", "read", None])
 def test_head_answers_every_get_route_with_gets_status_and_headers_and_no_body(
     client, apple, unstripped, steady_metrics, scope
 ):
@@ -119,7 +124,8 @@ def test_head_answers_every_get_route_with_gets_status_and_headers_and_no_body(
     item = apple["id"]
     assert {"/healthz", "/items", f"/items/{item}", f"/items/{item}/movements"} <= documented.keys()
     expected = {
-        path: 401 if guarded and scope is None else status for path, (status, guarded) in documented.items()
+        path: 401 if guarded and scope is None else 403 if needs_admin(path) and scope != "admin" else status
+        for path, (status, guarded) in documented.items()
     }
     before = stored_state()
 
@@ -148,7 +154,7 @@ def test_head_needs_a_token_where_get_does_and_a_read_token_is_enough(client, ap
         assert anonymous.status_code == (401 if guarded else status), path
         if guarded:
             assert anonymous["WWW-Authenticate"].startswith("Bearer"), path
-        assert reader.status_code == status, path
+        assert reader.status_code == (403 if needs_admin(path) else status), path
 
 
 # path -> status of GET and HEAD alike; "{id}" is the item "apple", "{new}" an id never used.

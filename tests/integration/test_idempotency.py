@@ -76,6 +76,7 @@ KEYED_OPERATIONS = {
     ("post", "/holds/{hold_id}/commit"),
     ("post", "/holds/{hold_id}/release"),
     ("post", "/holds/{hold_id}/extend"),
+    ("post", "/webhooks"),
 }
 
 

@@ -1,4 +1,4 @@
-"""`manage.py token create NAME --scope read|write` (prints the token alone), `token revoke NAME`,
+"""`manage.py token create NAME --scope read|write|admin` (prints the token alone), `token revoke NAME`,
 `token list`."""
 
 from django.core.management.base import BaseCommand, CommandError
@@ -15,7 +15,12 @@ class Command(BaseCommand):
         actions = parser.add_subparsers(dest="action", required=True)
         create = actions.add_parser("create", help="make a token and print it (shown only this once)")
         create.add_argument("name")
-        create.add_argument("--scope", choices=[Token.READ, Token.WRITE], required=True)
+        create.add_argument(
+            "--scope",
+            choices=[Token.READ, Token.WRITE, Token.ADMIN],
+            required=True,
+            help="read: GET but webhooks; write: everything but webhooks; admin: everything",
+        )
         revoke = actions.add_parser("revoke", help="revoke the active token with this name")
         revoke.add_argument("name")
         actions.add_parser("list", help="list active tokens (never their secrets)")

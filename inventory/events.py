@@ -1,0 +1,232 @@
+"""The change feed: every committed change is published as events in its own transaction
+(a transactional outbox), so a change and its events exist together or not at all.
+
+A service runs its transaction inside `transition(actor=..., request_id=...)`; whatever it
+(or anything it calls) emits is written at the end of that transaction, in the order emitted.
+
+Commit order. `GET /events` reads events by `seq`, so a reader must never see an event
+before every event with a smaller seq is visible. On PostgreSQL a sequence hands out values
+in the order transactions ask, not the order they commit, so before writing its events a
+transaction takes a transaction-scoped advisory lock (pg_advisory_xact_lock), held until it
+commits or rolls back. Its seq values are therefore drawn only after every transaction that
+wrote events before it has committed: seq order is commit order, and what a reader sees is
+always a prefix of the feed. The lock serialises only the tail of write transactions, from
+their events to their commit. On SQLite, writers already take turns on one lock from BEGIN to
+COMMIT, so seq order is commit order without more.
+"""
+
+import contextlib
+import contextvars
+import datetime
+import functools
+import uuid
+
+from django.db import connection, transaction
+from django.db.models import Max
+
+from inventory import clock, invariants, metrics, sql
+from inventory.errors import CursorExpired
+from inventory.models import Event, FeedState, Hold, Item
+
+FEED_LOCK = 7_236_961  # the advisory lock key that orders the feed's writers (PostgreSQL)
+PRUNE_BATCH = 1000  # events per pruning transaction
+TYPES = (
+    "item.created",
+    "item.updated",
+    "item.deleted",
+    "item.qty_changed",
+    "item.low_stock",
+    "item.out_of_stock",
+    "item.back_in_stock",
+    "hold.created",
+    "hold.committed",
+    "hold.released",
+    "hold.extended",
+    "hold.expired",
+)
+
+_pending: contextvars.ContextVar[list | None] = contextvars.ContextVar("pending_events", default=None)
+_context: contextvars.ContextVar[dict | None] = contextvars.ContextVar("event_context", default=None)
+
+
+@contextlib.contextmanager
+def transition(*, actor: str | None = None, request_id: str | None = None):
+    """A write transaction whose events are written at its end, before it commits. Nested in
+    another transition, it adds to that one's events (one transaction, one set)."""
+    if _pending.get() is not None:
+        with transaction.atomic():
+            yield
+        return
+    pending: list[dict] = []
+    token, context = (
+        _pending.set(pending),
+        _context.set({"actor": actor or None, "request_id": request_id or None}),
+    )
+    try:
+        with transaction.atomic():
+            yield
+            write(pending)
+    finally:
+        _pending.reset(token)
+        _context.reset(context)
+
+
+def emit(type_: str, *, data: dict, item_id=None, hold_id=None) -> None:
+    """Add an event to the current transition's."""
+    pending = _pending.get()
+    if pending is None:
+        raise RuntimeError("an event was emitted outside a transition")
+    context = _context.get() or {"actor": None, "request_id": None}
+    pending.append({"type": type_, "data": data, "item_id": item_id, "hold_id": hold_id, **context})
+
+
+def write(entries: list[dict]) -> None:
+    """Insert events in one statement, inside the caller's transaction (see the module's
+    docstring for the lock that orders them)."""
+    if not entries:
+        return
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [FEED_LOCK])
+        head, row, fields = sql.insert(connection.vendor, Event)
+        at = clock.now()
+        params = []
+        for entry in entries:
+            values = {**entry, "at": at, "event_id": uuid.uuid4()}
+            params += [field.get_db_prep_save(values[field.attname], connection) for field in fields]
+        cursor.execute(head + ", ".join([row] * len(entries)), params)
+    for type_ in {entry["type"] for entry in entries}:
+        count = sum(entry["type"] == type_ for entry in entries)
+        transaction.on_commit(functools.partial(metrics.EVENTS.labels(type_).inc, count))
+
+
+# What events say -----------------------------------------------------------------------------
+
+
+def item_data(item: Item) -> dict:
+    """An item as clients see it (its `reserved` as given)."""
+    return {
+        "id": str(item.id),
+        "name": item.name,
+        "qty": item.qty,
+        "reserved": item.reserved,
+        "available": item.qty - item.reserved,
+        "low_stock_threshold": item.low_stock_threshold,
+    }
+
+
+def hold_data(hold: Hold, state: str, lines=None) -> dict:
+    """A hold as clients see it, in the given state."""
+    lines = lines if lines is not None else getattr(hold, "line_list", None) or hold.lines.all()
+    return {
+        "id": str(hold.id),
+        "state": state,
+        "lines": [
+            {"id": str(line.item_id), "qty": line.qty}
+            for line in sorted(lines, key=lambda line: line.position)
+        ],
+        "reference": hold.reference,
+        "expires_at": _rfc3339(hold.expires_at),
+        "created_at": _rfc3339(hold.created_at),
+        "actor": hold.actor,
+    }
+
+
+def stock_changed(
+    item: Item,
+    *,
+    kind: str,
+    delta: int = 0,
+    reserved_delta: int = 0,
+    threshold_before: int | None = ...,
+    reason: str | None = None,
+    reference: str | None = None,
+    hold_id=None,
+) -> None:
+    """item.qty_changed for a change of qty by delta and of reserved by reserved_delta that
+    left `item` as it is now, and the stock alerts the change of `available` crossed."""
+    available = item.qty - item.reserved
+    before = available - delta + reserved_delta
+    threshold = item.low_stock_threshold
+    if delta or reserved_delta:
+        emit(
+            "item.qty_changed",
+            item_id=item.id,
+            hold_id=hold_id,
+            data={
+                "kind": kind,
+                "delta": delta,
+                "qty": item.qty,
+                "reserved": item.reserved,
+                "available": available,
+                "reason": reason,
+                "reference": reference,
+            },
+        )
+    old_threshold = threshold if threshold_before is ... else threshold_before
+    for alert in invariants.stock_alerts(before, old_threshold, available, threshold):
+        data = {"available": available}
+        if alert == "item.low_stock":
+            data["low_stock_threshold"] = threshold
+        emit(alert, item_id=item.id, data=data)
+
+
+# The feed --------------------------------------------------------------------------------------
+
+
+def _rfc3339(value: datetime.datetime) -> str:
+    """RFC 3339 in UTC to the millisecond, as every response of the API writes a time."""
+    return value.astimezone(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def event_body(event: Event) -> dict:
+    """An event as the feed and webhooks show it."""
+    return {
+        "id": str(event.event_id),
+        "type": event.type,
+        "at": _rfc3339(event.at),
+        "actor": event.actor,
+        "request_id": event.request_id,
+        "item_id": None if event.item_id is None else str(event.item_id),
+        "hold_id": None if event.hold_id is None else str(event.hold_id),
+        "data": event.data,
+    }
+
+
+def pruned_through() -> int:
+    return FeedState.objects.filter(pk=1).values_list("pruned_through", flat=True).first() or 0
+
+
+def event_list(*, after: int | None, limit: int) -> tuple[list[Event], int]:
+    """Up to `limit` events after the cursor position `after` (a seq), in commit order, and
+    the position to read on from. Without `after`, from the oldest kept. Raises
+    CursorExpired when events after `after` were pruned."""
+    pruned = pruned_through()
+    if after is not None and after < pruned:
+        raise CursorExpired()
+    start = pruned if after is None else after
+    page = list(Event.objects.filter(seq__gt=start).order_by("seq")[:limit])
+    return page, (page[-1].seq if page else start)
+
+
+def events_prune(*, older_than_days: float) -> int:
+    """Delete the events written more than that many days ago (and every event before them
+    in the feed, so that what is kept is a suffix); returns how many. PRUNE_BATCH events per
+    transaction, so writers never wait long behind it."""
+    cutoff = clock.now() - datetime.timedelta(days=older_than_days)
+    last = Event.objects.filter(at__lt=cutoff).aggregate(last=Max("seq"))["last"]
+    removed = 0
+    while last is not None:
+        with transaction.atomic():
+            batch = list(
+                Event.objects.filter(seq__lte=last)
+                .order_by("seq")
+                .values_list("seq", flat=True)[:PRUNE_BATCH]
+            )
+            if not batch:
+                return removed
+            removed += Event.objects.filter(seq__in=batch).delete()[0]
+            state, _ = FeedState.objects.select_for_update().get_or_create(pk=1)
+            state.pruned_through = max(state.pruned_through, batch[-1])
+            state.save(update_fields=["pruned_through"])
+    return removed

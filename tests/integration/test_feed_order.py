@@ -1,0 +1,120 @@
+"""The feed's order is commit order on PostgreSQL, where a sequence hands out values in the
+order transactions ask for them, not the order they commit. Two real connections: T1 writes
+an event and waits before committing; T2 writes events after it and commits. A reader must
+never see T2's events without T1's (the naive "seq > cursor" reading would skip T1's for
+good), and once T1 commits both come, T1's first."""
+
+import threading
+import uuid
+
+import pytest
+from django.db import connection, connections, transaction
+
+from inventory import clock, events, sql
+from inventory.models import Event
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(connection.vendor != "postgresql", reason="writers take turns on SQLite"),
+]
+TIMEOUT = 30  # for a thread to reach a step; a hang fails with a message
+
+
+def entry(name: str) -> dict:
+    return {
+        "type": "item.updated",
+        "data": {"writer": name},
+        "item_id": None,
+        "hold_id": None,
+        "actor": name,
+        "request_id": name,
+    }
+
+
+def run_pair(reader_sees):
+    """T1 writes "t1" and waits; T2 writes "t2a", "t2b" and commits (or blocks on the lock).
+    reader_sees() is called while T1 is open and T2 has had every chance to commit; then T1
+    commits. Returns what the reader saw meanwhile."""
+    t1_wrote, t1_may_commit, t2_started, t2_done = (threading.Event() for _ in range(4))
+    errors = []
+
+    def t1():
+        try:
+            with transaction.atomic():
+                events.write([entry("t1")])
+                t1_wrote.set()
+                assert t1_may_commit.wait(TIMEOUT), "T1 was never released"
+        except BaseException as exc:
+            errors.append(exc)
+            t1_wrote.set()
+        finally:
+            connections.close_all()
+
+    def t2():
+        try:
+            assert t1_wrote.wait(TIMEOUT)
+            t2_started.set()
+            with transaction.atomic():
+                events.write([entry("t2a"), entry("t2b")])
+            t2_done.set()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=t1), threading.Thread(target=t2)]
+    for thread in threads:
+        thread.start()
+    assert t2_started.wait(TIMEOUT)
+    # T2 either commits (no lock) or waits on T1's lock: give it the time to do the former.
+    t2_done.wait(2)
+    seen_meanwhile = reader_sees()
+    t1_may_commit.set()
+    for thread in threads:
+        thread.join(TIMEOUT)
+        assert not thread.is_alive(), "a writer hung"
+    assert not errors, errors
+    return seen_meanwhile
+
+
+def feed_writers(after: int = 0) -> list[str]:
+    page, _ = events.event_list(after=after, limit=1000)
+    return [event.data["writer"] for event in page]
+
+
+def test_a_reader_never_sees_a_later_commit_before_an_earlier_open_transaction_s_events():
+    seen = run_pair(feed_writers)
+
+    # While T1 is open, T2 (which asked for the lock after T1) cannot have committed.
+    assert seen == []
+    assert feed_writers() == ["t1", "t2a", "t2b"]
+
+
+def test_without_the_feed_lock_a_reader_would_skip_the_open_transaction_s_event(monkeypatch):
+    """The same run with the lock statement left out: T2 commits while T1 is open, the
+    reader's cursor moves past T1's seq, and T1's event is never seen. This is what the lock
+    prevents; the test shows that the first test can fail."""
+
+    def write_without_lock(entries):
+        with connection.cursor() as cursor:
+            head, row, fields = sql.insert(connection.vendor, Event)
+            params = []
+            for entry_ in entries:
+                values = {**entry_, "at": clock.now(), "event_id": uuid.uuid4()}
+                params += [field.get_db_prep_save(values[field.attname], connection) for field in fields]
+            cursor.execute(head + ", ".join([row] * len(entries)), params)
+
+    monkeypatch.setattr(events, "write", write_without_lock)
+    cursor_position = {}
+
+    def reader():
+        page, position = events.event_list(after=0, limit=1000)
+        cursor_position["next"] = position
+        return [event.data["writer"] for event in page]
+
+    seen = run_pair(reader)
+
+    assert seen == ["t2a", "t2b"]  # T2 committed first, with seqs after T1's
+    missed = feed_writers(after=cursor_position["next"])
+    assert "t1" not in missed  # the naive reader polling on with `next` never sees T1's event
+    assert feed_writers() == ["t1", "t2a", "t2b"]
