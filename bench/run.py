@@ -50,6 +50,7 @@ WORKLOADS = {
     "post_items": ("POST /items", "post_items", "write"),
     "adjustments": ("POST /adjustments, 10 changes", "adjustments", "write"),
     "hold_commit": ("POST /holds, then its commit", "hold_commit", "write"),
+    "feed": ("GET /events, pages of 1000 events", "feed", "read"),
     "first_page": ("GET /items, first page", "list_items", "read"),
     "deep_page": ("GET /items, deep page", "list_items", "read"),
 }
@@ -346,7 +347,16 @@ def run_engine(args) -> None:
             limit = measure_db_limit(conn, args.engine, ids[0], args.duration)
             db_limits.append({**limit, "repeat": repeat})
             print(f"{args.engine} r{repeat} DB limit {limit['commits_per_s']:.1f} commits/s", flush=True)
-            for workload in ("hot_row", "spread", "get_item", "post_items", "adjustments", "hold_commit"):
+            # The feed is read after the writes, which have written far more than a page of events.
+            for workload in (
+                "hot_row",
+                "spread",
+                "get_item",
+                "post_items",
+                "adjustments",
+                "hold_commit",
+                "feed",
+            ):
                 measure(workload, repeat, args.connections, SIZES[0])
             for workload in ("hot_row", "get_item"):
                 for level in LEVELS:
@@ -533,6 +543,14 @@ def markdown(results: dict) -> str:
             f"DB limit (the guarded UPDATE, one commit each, no HTTP): "
             f"**{summary['db_limit_commits_per_s']:.1f} commits/s**.",
             "",
+        ]
+        feed = summary["workloads"].get("feed")
+        if feed:
+            lines += [
+                f"Change feed read throughput: **{feed['rps'] * 1000:.0f} events/s** (pages of 1000).",
+                "",
+            ]
+        lines += [
             "| connections | hot row p50 ms | hot row p99 ms | GET item p50 ms | GET item p99 ms |",
             "| ---: | ---: | ---: | ---: | ---: |",
         ]
