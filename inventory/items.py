@@ -132,13 +132,12 @@ def item_delete(*, item_id: uuid.UUID, actor: str = "", request_id: str = "") ->
     return item.qty
 
 
-def _guarded_add(item_id: uuid.UUID, delta: int, expected_qty: int | None) -> Item | None:
+def _guarded_add(item_id: uuid.UUID, delta: int, expected_qty: int | None, now) -> Item | None:
     """qty += delta in one guarded UPDATE (sql.guarded_add). Returns the item as updated,
     or None when the guard refused or the item does not exist."""
     statement = sql.guarded_add(connection.vendor, delta < 0, expected_qty is not None)
     bound = -delta if delta < 0 else invariants.QTY_MAX - delta
-    now = sql.param(Item, "holds_expire_at", clock.now())
-    params = [delta, sql.param(Item, "id", item_id), now, bound]
+    params = [delta, sql.param(Item, "id", item_id), sql.param(Item, "holds_expire_at", now), bound]
     if expected_qty is not None:
         params.append(expected_qty)
     with connection.cursor() as cursor:
@@ -152,7 +151,9 @@ def adjust(
     """The quantity transition and its events, inside the caller's transition, which records
     its movement. The guard compares with the stored `reserved`, which may still count expired
     holds: a delta it refuses is tried again once those are collected."""
-    item = _guarded_add(item_id, delta, expected_qty)
+    # One instant for both tries: the row collected up to a later one always passes this guard.
+    now = clock.now()
+    item = _guarded_add(item_id, delta, expected_qty, now)
     if item is None:
         # Refused, missing, or counting an expired hold. Lock the row (collecting expired
         # holds, whose events come first) so the reason we give is the true one: another
@@ -165,7 +166,7 @@ def adjust(
         invariants.apply_delta(current.qty, delta, current.reserved)  # raises the reason it is refused
         # qty moved in between, or expired holds were collected, and the delta now fits;
         # the row is locked, so this applies.
-        item = _guarded_add(item_id, delta, expected_qty)
+        item = _guarded_add(item_id, delta, expected_qty, now)
     events.stock_changed(item, kind=Movement.ADJUST, delta=delta, reason=reason, reference=reference)
     return item
 

@@ -1552,3 +1552,24 @@ def test_a_missing_item_is_named_before_a_short_line_whatever_their_id_order(api
     assert response.status_code == 404, response.json()
     assert response.json() == {"error": "not_found", "id": missing}
     assert state() == before
+
+
+def test_a_delta_that_collects_an_expired_hold_applies_even_when_another_expires_meanwhile(api, monkeypatch):
+    # The delta's guard is refused while a first hold still counts; the row, once locked, is
+    # collected at a later instant, at which a second hold has not expired yet; and by the
+    # time the delta is tried again the second one has. One instant must decide both tries.
+    start = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
+    monkeypatch.setattr(clock, "now", lambda: start)
+    apple = api.create("apple", 10)
+    first = hold(api, (apple, 3), ttl_seconds=60)
+    second = hold(api, (apple, 2), ttl_seconds=61)
+    expires = instant(first["expires_at"])
+    reads = iter([expires - datetime.timedelta(microseconds=1), expires + datetime.timedelta(microseconds=1)])
+    later = instant(second["expires_at"]) + datetime.timedelta(microseconds=1)
+    monkeypatch.setattr(clock, "now", lambda: next(reads, later))
+
+    response = api.patch(f"/items/{apple['id']}/qty", {"delta": -8})
+
+    assert response.status_code == 200, response.json()
+    assert (response.json()["qty"], response.json()["reserved"]) == (2, 2)
+    call_command("verify")
