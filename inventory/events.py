@@ -21,6 +21,7 @@ import datetime
 import functools
 import uuid
 
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.db.models import Max
 
@@ -175,8 +176,10 @@ def stock_changed(
 
 
 def _rfc3339(value: datetime.datetime) -> str:
-    """RFC 3339 in UTC to the millisecond, as every response of the API writes a time."""
-    return value.astimezone(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """RFC 3339 in UTC, written exactly as every response of the API writes a time (Django's
+    JSON encoder: to the millisecond, no fraction when there is none), so that an event reads
+    the same in the feed and in a webhook's body."""
+    return DjangoJSONEncoder().default(value.astimezone(datetime.UTC))
 
 
 def event_body(event: Event) -> dict:

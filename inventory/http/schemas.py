@@ -218,7 +218,9 @@ def idempotent_write_responses(success: dict) -> dict:
 class EventOut(BaseModel):
     id: str = Field(description="unique, never reused: receivers deduplicate on it")
     type: str
-    at: datetime.datetime
+    # Passed through as events.event_body wrote it, so that the feed and a webhook's body
+    # carry the same text, not a time parsed and written again.
+    at: str = Field(json_schema_extra={"format": "date-time"})
     actor: str | None
     request_id: str | None
     item_id: uuid.UUID | None

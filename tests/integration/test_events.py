@@ -14,6 +14,7 @@ import json
 import pytest
 
 from inventory import clock, events, holds
+from inventory.models import Event
 from tests.conftest import WRITER, Api, expected_item
 
 pytestmark = pytest.mark.django_db
@@ -871,3 +872,15 @@ def test_replaying_the_feed_over_an_empty_state_gives_every_item_as_get_items_sh
     assert replay(found) == api.all_items()
     assert len({event["id"] for event in found}) == len(found)
     assert [event["type"] for event in found].count("hold.expired") == 3
+
+
+def test_the_feed_shows_an_event_exactly_as_a_webhook_body_carries_it(api, monkeypatch):
+    # A time with microseconds but no whole milliseconds: written once, never parsed and
+    # written again, so the feed and a webhook's body agree to the character.
+    moment = datetime.datetime(2030, 1, 1, 0, 0, 0, 123, tzinfo=datetime.UTC)
+    monkeypatch.setattr(clock, "now", lambda: moment)
+    api.create("pear", 1)
+
+    shown = api.get("/events").json()["events"][0]
+
+    assert shown == events.event_body(Event.objects.get())
