@@ -112,19 +112,22 @@ def _locked(hold_id: uuid.UUID) -> tuple[Hold | None, str | None, datetime.datet
 
 
 def _lines(hold: Hold) -> list[HoldLine]:
-    """The hold's lines in item id order: the order in which items are locked."""
-    return sorted(hold.lines.all(), key=lambda line: line.item_id)
+    """The hold's lines in item id order: the order in which items are locked. Read once and
+    kept on the hold, for its events and the answer too."""
+    if not hasattr(hold, "line_list"):
+        hold.line_list = list(hold.lines.all())
+    return sorted(hold.line_list, key=lambda line: line.item_id)
 
 
 def _unreserve(hold: Hold, now: datetime.datetime, kind: str) -> None:
     """Stop counting the hold's lines in their items' `reserved` (those a writer has not
     collected already), each item's row locked in id order; kind is release or expire."""
     for line in _lines(hold):
-        reservations.lock_item(line.item_id, now)
+        item = reservations.lock_item(line.item_id, now)
         if HoldLine.objects.filter(pk=line.pk, reserving=True).update(reserving=False):
             Item.objects.filter(pk=line.item_id).update(reserved=F("reserved") - line.qty)
             reservations.refresh_expiry(line.item_id)
-            item = reservations.lock_item(line.item_id, now)
+            item.reserved -= line.qty  # the row is locked: nothing else moved it
             events.stock_changed(item, kind=kind, reserved_delta=-line.qty, hold_id=hold.id)
 
 

@@ -241,8 +241,8 @@ def hold(api, apple) -> dict:
 
 
 HOLD_EVENTS = {"commit": "hold.committed", "release": "hold.released", "extend": "hold.extended"}
-# A hold's action: the hold's row and lines, each item locked in id order, the change, the
-# hold's events (which show its lines), then the answer (which shows them again).
+# A hold's action: the hold's row and its lines (read once), each item locked in id order,
+# the change, then the hold's events.
 HOLD_ACTIONS = {
     "commit": (
         None,
@@ -255,9 +255,7 @@ HOLD_ACTIONS = {
             "UPDATE item",  # holds_expire_at
             "INSERT movement",
             "UPDATE hold",
-            "SELECT hold line",
             EVENTS,
-            "SELECT hold line",
         ],
     ),
     "release": (
@@ -269,11 +267,8 @@ HOLD_ACTIONS = {
             "UPDATE hold line",
             "UPDATE item",  # reserved
             "UPDATE item",  # holds_expire_at
-            "SELECT item",  # the item after, for its qty_changed event
             "UPDATE hold",
-            "SELECT hold line",
             EVENTS,
-            "SELECT hold line",
         ],
     ),
     "extend": (
@@ -285,9 +280,7 @@ HOLD_ACTIONS = {
             "UPDATE hold line",
             "UPDATE item",  # holds_expire_at
             "UPDATE hold",
-            "SELECT hold line",
             EVENTS,
-            "SELECT hold line",
         ],
     ),
 }
