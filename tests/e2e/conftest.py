@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -297,3 +298,49 @@ def server(database_url, tmp_path):
         yield server
     finally:
         server.stop()
+
+
+def keyed_request(server: Server, method: str, path: str, body, key: str, *, abandon: bool = False):
+    """One request with an Idempotency-Key: (status, body, replayed), or None when the client
+    gave up without reading the answer (as a client whose timeout expired does)."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=REQUEST_TIMEOUT)
+    try:
+        headers = {
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {server.client.token}",
+            "Idempotency-Key": key,
+        }
+        connection.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+        if abandon:
+            return None
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+        return response.status, answer, response.getheader("Idempotent-Replayed") == "true"
+    finally:
+        connection.close()
+
+
+def kill_between(
+    server: Server,
+    progress: Progress,
+    counted: str,
+    between: tuple[int, int],
+    kills: int,
+    stop: threading.Event,
+    also: Callable[[Counter], bool] = lambda counts: True,
+    also_says: str = "",
+) -> None:
+    """kill -9 of every server process, and a restart, `kills` times, each after a random
+    number (in `between`) more of `counted` in `progress`; then as many more once again (and
+    `also` of the counts), and `stop` set, also when a wait or a restart failed."""
+    rng = random.Random(99)
+    try:
+        for _ in range(kills):
+            target = progress[counted] + rng.randint(*between)
+            progress.wait_until(lambda c, t=target: c[counted] >= t, f"{target} {counted}")
+            server.kill()
+            server.start()
+        target = progress[counted] + rng.randint(*between)
+        progress.wait_until(lambda c: c[counted] >= target and also(c), f"{target} {counted}{also_says}")
+    finally:
+        stop.set()

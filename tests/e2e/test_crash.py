@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import Progress, create, parallel
+from tests.e2e.conftest import Progress, create, kill_between, parallel
 
 pytestmark = pytest.mark.e2e
 
@@ -60,17 +60,7 @@ def test_kill_9_loses_no_answered_write_and_half_applies_none(server):
         return acked, unknown, created, maybe_created
 
     def killer(_):
-        rng = random.Random(99)
-        try:
-            for _ in range(KILLS):
-                target = progress["answered"] + rng.randint(*ANSWERED_BETWEEN_KILLS)
-                progress.wait_until(lambda c, t=target: c["answered"] >= t, f"{target} answered writes")
-                server.kill()
-                server.start()
-            target = progress["answered"] + rng.randint(*ANSWERED_BETWEEN_KILLS)
-            progress.wait_until(lambda c: c["answered"] >= target, f"{target} answered writes")
-        finally:
-            stop.set()  # also when a wait or a restart failed, so that the writers end
+        kill_between(server, progress, "answered", ANSWERED_BETWEEN_KILLS, KILLS, stop)
 
     def run(i):
         return killer(i) if i == WRITERS else writer(i)

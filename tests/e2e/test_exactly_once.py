@@ -3,7 +3,6 @@ same key gets every write applied exactly once, never twice, never lost."""
 
 import http.client
 import itertools
-import json
 import random
 import threading
 import time
@@ -11,7 +10,15 @@ from collections import Counter
 
 import pytest
 
-from tests.e2e.conftest import REQUEST_TIMEOUT, START_TIMEOUT, Progress, create, parallel
+from tests.e2e.conftest import (
+    REQUEST_TIMEOUT,
+    START_TIMEOUT,
+    Progress,
+    create,
+    keyed_request,
+    kill_between,
+    parallel,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -26,26 +33,6 @@ INITIAL = 100
 STILL_RUNNING = "a request with this Idempotency-Key is still running"
 
 
-def call(server, method: str, path: str, body: dict, key: str, abandon: bool = False):
-    """One request with an Idempotency-Key: (status, body, replayed), or None when the client
-    gave up without reading the answer (as a client whose timeout expired does)."""
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=REQUEST_TIMEOUT)
-    try:
-        headers = {
-            "Content-Type": "application/json",
-            "Authorization": f"Bearer {server.client.token}",
-            "Idempotency-Key": key,
-        }
-        connection.request(method, path, body=json.dumps(body), headers=headers)
-        if abandon:
-            return None
-        response = connection.getresponse()
-        answer = json.loads(response.read())
-        return response.status, answer, response.getheader("Idempotent-Replayed") == "true"
-    finally:
-        connection.close()
-
-
 def until_answered(server, method: str, path: str, body: dict, key: str, rng, counts: Progress):
     """Send the same request with the same key until it gets its answer. Without an answer
     the write may or may not have been applied; the key makes sending it again safe."""
@@ -56,7 +43,7 @@ def until_answered(server, method: str, path: str, body: dict, key: str, rng, co
     killed_in_flight = False
     while time.monotonic() < deadline:
         try:
-            result = call(server, method, path, body, key, abandon=abandon)
+            result = keyed_request(server, method, path, body, key, abandon=abandon)
         except ConnectionRefusedError:
             counts.add("refused")  # the server is down: nothing was sent
         except (OSError, http.client.HTTPException):
@@ -120,20 +107,17 @@ def test_retried_writes_are_applied_exactly_once_across_kill_9(server):
         return deltas, created
 
     def killer(_):
-        rng = random.Random(99)
-        try:
-            for _ in range(KILLS):
-                target = progress["writes"] + rng.randint(*WRITES_BETWEEN_KILLS)
-                progress.wait_until(lambda c, t=target: c["writes"] >= t, f"{target} answered writes")
-                server.kill()
-                server.start()
-            # Replays come mostly from abandoned first attempts (5% of writes): wait for one.
-            target = progress["writes"] + rng.randint(*WRITES_BETWEEN_KILLS)
-            progress.wait_until(
-                lambda c: c["writes"] >= target and c["replays"] > 0, f"{target} answered writes, a replay"
-            )
-        finally:
-            stop.set()  # also when a wait or a restart failed, so that the writers end
+        # Replays come mostly from abandoned first attempts (5% of writes): wait for one.
+        kill_between(
+            server,
+            progress,
+            "writes",
+            WRITES_BETWEEN_KILLS,
+            KILLS,
+            stop,
+            lambda c: c["replays"] > 0,
+            ", a replay",
+        )
 
     def run(i):
         return killer(i) if i == WRITERS else writer(i)
@@ -174,7 +158,7 @@ def test_a_concurrent_repeat_is_applied_once(server):
     body = {"changes": [{"id": item_id, "delta": 1} for item_id in ids]}
     for round_ in range(rounds):
         key = f"repeat-{round_}"
-        answers = parallel(2, lambda _, key=key: call(server, "POST", "/adjustments", body, key))
+        answers = parallel(2, lambda _, key=key: keyed_request(server, "POST", "/adjustments", body, key))
 
         originals = [answer for status, answer, replayed in answers if status == 200 and not replayed]
         assert len(originals) == 1, answers
@@ -190,7 +174,7 @@ def test_a_concurrent_repeat_is_applied_once(server):
                 assert (status, answer) == (200, originals[0]), answer
                 outcomes["original"] += 1
         # Once the first has finished, a retry gets its answer back.
-        assert call(server, "POST", "/adjustments", body, key) == (200, originals[0], True)
+        assert keyed_request(server, "POST", "/adjustments", body, key) == (200, originals[0], True)
     for item_id in ids:
         ledger = [(m["kind"], m["delta"]) for m in server.client.movements(item_id)]
         assert ledger == [("create", 0)] + [("adjust", 1)] * rounds, item_id

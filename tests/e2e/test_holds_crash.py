@@ -4,14 +4,21 @@ cut by a kill took its stock wholly or not at all, and no hold is ever half held
 
 import http.client
 import itertools
-import json
 import random
 import threading
 import time
 
 import pytest
 
-from tests.e2e.conftest import REQUEST_TIMEOUT, START_TIMEOUT, Progress, create, parallel
+from tests.e2e.conftest import (
+    REQUEST_TIMEOUT,
+    START_TIMEOUT,
+    Progress,
+    create,
+    keyed_request,
+    kill_between,
+    parallel,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -32,23 +39,6 @@ STILL_RUNNING = "a request with this Idempotency-Key is still running"
 STATE_AFTER = {"commit": "committed", "release": "released"}
 
 
-def call(server, method: str, path: str, body, key: str) -> tuple[int, dict, bool]:
-    """One request with an Idempotency-Key: (status, body, replayed)."""
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=REQUEST_TIMEOUT)
-    try:
-        headers = {
-            "Content-Type": "application/json",
-            "Authorization": f"Bearer {server.client.token}",
-            "Idempotency-Key": key,
-        }
-        connection.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
-        response = connection.getresponse()
-        answer = json.loads(response.read())
-        return response.status, answer, response.getheader("Idempotent-Replayed") == "true"
-    finally:
-        connection.close()
-
-
 def until_answered(server, method: str, path: str, body, key: str, progress: Progress, give_up: bool):
     """Send the same request with the same key until it is answered: (status, body). With
     give_up, return None instead once a kill has cut the request, as a client that stops
@@ -57,7 +47,7 @@ def until_answered(server, method: str, path: str, body, key: str, progress: Pro
     cut = False
     while time.monotonic() < deadline:
         try:
-            status, answer, replayed = call(server, method, path, body, key)
+            status, answer, replayed = keyed_request(server, method, path, body, key)
         except ConnectionRefusedError:
             progress.add("refused while down")  # nothing was sent
         except TimeoutError:
@@ -133,17 +123,7 @@ def test_kill_9_while_holding_and_committing_takes_stock_once_and_holds_nothing_
         return holds
 
     def killer(_):
-        rng = random.Random(99)
-        try:
-            for _ in range(KILLS):
-                target = progress["acked"] + rng.randint(*ACKED_BETWEEN_KILLS)
-                progress.wait_until(lambda c, t=target: c["acked"] >= t, f"{target} acknowledged operations")
-                server.kill()
-                server.start()
-            target = progress["acked"] + rng.randint(*ACKED_BETWEEN_KILLS)
-            progress.wait_until(lambda c: c["acked"] >= target, f"{target} acknowledged operations")
-        finally:
-            stop.set()  # also when a wait or a restart failed, so that the writers end
+        kill_between(server, progress, "acked", ACKED_BETWEEN_KILLS, KILLS, stop)
 
     def run(i):
         return killer(i) if i == WRITERS else writer(i)
