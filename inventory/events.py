@@ -86,16 +86,10 @@ def write(entries: list[dict]) -> None:
     docstring for the lock that orders them)."""
     if not entries:
         return
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [FEED_LOCK])
-        head, row, fields = sql.insert(connection.vendor, Event)
-        at = clock.now()
-        params = []
-        for entry in entries:
-            values = {**entry, "at": at, "event_id": uuid.uuid4()}
-            params += [field.get_db_prep_save(values[field.attname], connection) for field in fields]
-        cursor.execute(head + ", ".join([row] * len(entries)), params)
+    sql.insert(Event, [{**entry, "event_id": uuid.uuid4()} for entry in entries], at=clock.now())
     for type_ in {entry["type"] for entry in entries}:
         count = sum(entry["type"] == type_ for entry in entries)
         transaction.on_commit(functools.partial(metrics.EVENTS.labels(type_).inc, count))

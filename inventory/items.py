@@ -29,14 +29,7 @@ UNSET = object()  # a field the request leaves as it is
 
 def record(*movements: dict) -> None:
     """Write movements, each from movement(), in one INSERT."""
-    head, row, fields = sql.insert(connection.vendor, Movement)
-    at = clock.now()
-    params = []
-    for entry in movements:
-        values = {**entry, "at": at}
-        params += [field.get_db_prep_save(values[field.attname], connection) for field in fields]
-    with connection.cursor() as cursor:
-        cursor.execute(head + ", ".join([row] * len(movements)), params)
+    sql.insert(Movement, movements, at=clock.now())
     for kind in {entry["kind"] for entry in movements}:
         count = sum(entry["kind"] == kind for entry in movements)
         transaction.on_commit(functools.partial(metrics.QTY_TRANSITIONS.labels(kind).inc, count))

@@ -25,15 +25,46 @@ def _names() -> dict:
     }
 
 
+# Fields whose values reach the database as Python gives them (after the invariants checked
+# them): preparing them through the field cost more than the INSERT itself.
+_AS_GIVEN = {"CharField", "BigIntegerField", "IntegerField", "PositiveIntegerField", "BooleanField"}
+
+
 @functools.cache
-def insert(vendor: str, model) -> tuple[str, str, tuple]:
-    """The INSERT of a model's rows (movements, events): its head, the placeholders of one row,
-    and the fields in their order; bulk_create() compiled it again on every write."""
+def _insert(vendor: str, model) -> tuple[str, str, tuple]:
+    """The INSERT of a model's rows: its head, the placeholders of one row, and per field its
+    name and how to prepare its value (None: as given)."""
     fields = tuple(field for field in model._meta.concrete_fields if not field.primary_key)
     quote = connection.ops.quote_name
     columns = ", ".join(quote(field.column) for field in fields)
     head = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES "
-    return head, "(" + ", ".join(["%s"] * len(fields)) + ")", fields
+    prepare = tuple(
+        (field.attname, None if field.get_internal_type() in _AS_GIVEN else field.get_db_prep_save)
+        for field in fields
+    )
+    return head, "(" + ", ".join(["%s"] * len(fields)) + ")", prepare
+
+
+def insert(model, rows: list[dict], **shared) -> None:
+    """INSERT rows of model (dicts by field name) in one statement, in the caller's
+    transaction; `shared` gives values that every row has (prepared once). bulk_create()
+    compiled the statement again on every write."""
+    head, row, prepare = _insert(connection.vendor, model)
+    prepared = {
+        name: shared[name] if prep is None else prep(shared[name], connection)
+        for name, prep in prepare
+        if name in shared
+    }
+    params = []
+    for entry in rows:
+        for name, prep in prepare:
+            if name in prepared:
+                params.append(prepared[name])
+            else:
+                value = entry[name]
+                params.append(value if prep is None or value is None else prep(value, connection))
+    with connection.cursor() as cursor:
+        cursor.execute(head + ", ".join([row] * len(rows)), params)
 
 
 @functools.cache

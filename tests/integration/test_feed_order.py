@@ -96,13 +96,7 @@ def test_without_the_feed_lock_a_reader_would_skip_the_open_transaction_s_event(
     prevents; the test shows that the first test can fail."""
 
     def write_without_lock(entries):
-        with connection.cursor() as cursor:
-            head, row, fields = sql.insert(connection.vendor, Event)
-            params = []
-            for entry_ in entries:
-                values = {**entry_, "at": clock.now(), "event_id": uuid.uuid4()}
-                params += [field.get_db_prep_save(values[field.attname], connection) for field in fields]
-            cursor.execute(head + ", ".join([row] * len(entries)), params)
+        sql.insert(Event, [{**entry, "event_id": uuid.uuid4()} for entry in entries], at=clock.now())
 
     monkeypatch.setattr(events, "write", write_without_lock)
     cursor_position = {}
