@@ -1,5 +1,10 @@
 """Whole-database checks: every invariant of every row (`manage.py verify`), and readiness."""
 
+import os
+import subprocess
+import sys
+
+from django.conf import settings
 from django.db import DatabaseError, connection
 from django.db.migrations.executor import MigrationExecutor
 from django.db.models import Max, Sum
@@ -27,6 +32,19 @@ def invariant_violations() -> list[str]:
             problems.append(f"item {item_id}: name {valid['name']!r} is also item {seen[valid['name']]}")
         seen.setdefault(valid["name"], str(item_id))
     return problems + _ledger_violations() + _hold_violations()
+
+
+def verify_elsewhere(database_url: str) -> tuple[bool, str]:
+    """`manage.py verify` against another database (a backup, a copy), in a process of its own
+    so that it connects exactly as the service would. Returns (passed, what it said)."""
+    result = subprocess.run(  # noqa: S603 (our own manage.py, no shell)
+        [sys.executable, str(settings.BASE_DIR / "manage.py"), "verify"],
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.returncode == 0, (result.stdout + result.stderr).strip()
 
 
 def _ledger_violations() -> list[str]:

@@ -1,6 +1,7 @@
 """`manage.py verify`: exit 0 iff every invariant holds for every row in the database."""
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
 
 from inventory import integrity
 
@@ -9,7 +10,10 @@ class Command(BaseCommand):
     help = "Scan the database; exit non-zero, naming the rows, if any invariant is broken."
 
     def handle(self, *args, **options):
-        problems = integrity.invariant_violations()
+        try:
+            problems = integrity.invariant_violations()
+        except DatabaseError as exc:  # unreachable, or not a migrated database of the service
+            raise CommandError(f"cannot read the database: {exc}") from exc
         for problem in problems:
             self.stderr.write(problem)
         if problems:
