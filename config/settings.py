@@ -120,40 +120,44 @@ DATABASE_IDLE_IN_TRANSACTION_TIMEOUT = env_seconds("DATABASE_IDLE_IN_TRANSACTION
 # per address tried (psycopg's own default is 130 s).
 DATABASE_CONNECT_TIMEOUT = max(2, math.ceil(env_seconds("DATABASE_CONNECT_TIMEOUT", 5)))
 
-DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
-DATABASES = {
-    "default": dj_database_url.parse(
-        DATABASE_URL,
-        conn_max_age=int(os.environ.get("CONN_MAX_AGE", "600")),
-        conn_health_checks=True,
+
+def database(url: str) -> dict:
+    """Django's DATABASES entry for a database URL (sqlite:///path, postgres://...), configured
+    as the service runs on it. Also what `copy_database --to URL` connects to."""
+    config = dj_database_url.parse(
+        url, conn_max_age=int(os.environ.get("CONN_MAX_AGE", "600")), conn_health_checks=True
     )
-}
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    DATABASES["default"]["ENGINE"] = "config.sqlite"  # writers queue on a lock file: see there
-    DATABASES["default"]["OPTIONS"] = {
-        # IMMEDIATE: a write transaction takes the write lock when it begins, so two
-        # writers queue on the busy timeout instead of one failing mid-transaction.
-        "transaction_mode": "IMMEDIATE",
-        "timeout": SQLITE_BUSY_TIMEOUT,
-        # WAL lets readers run beside the writer; FULL makes every commit durable.
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL",
-    }
-elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # libpq connection parameters; any given in DATABASE_URL's query string win.
-    DATABASES["default"]["OPTIONS"] = {
-        "connect_timeout": DATABASE_CONNECT_TIMEOUT,
-        # A server that vanished mid-statement (host down, network cut) sends nothing: the
-        # client would wait for its answer forever, or some 15 minutes of retransmissions if
-        # the query was not yet acknowledged. TCP keepalives find a silent peer within
-        # 5 + 3 * 2 s, and data unacknowledged for 10 s fails the connection (libpq docs,
-        # "Parameter Key Words"). Unix-domain sockets ignore these.
-        "keepalives": 1,
-        "keepalives_idle": 5,
-        "keepalives_interval": 2,
-        "keepalives_count": 3,
-        "tcp_user_timeout": 10_000,  # ms
-        **DATABASES["default"].get("OPTIONS", {}),
-    }
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        config["ENGINE"] = "config.sqlite"  # writers queue on a lock file: see there
+        config["OPTIONS"] = {
+            # IMMEDIATE: a write transaction takes the write lock when it begins, so two
+            # writers queue on the busy timeout instead of one failing mid-transaction.
+            "transaction_mode": "IMMEDIATE",
+            "timeout": SQLITE_BUSY_TIMEOUT,
+            # WAL lets readers run beside the writer; FULL makes every commit durable.
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL",
+        }
+    elif config["ENGINE"] == "django.db.backends.postgresql":
+        # libpq connection parameters; any given in the URL's query string win.
+        config["OPTIONS"] = {
+            "connect_timeout": DATABASE_CONNECT_TIMEOUT,
+            # A server that vanished mid-statement (host down, network cut) sends nothing: the
+            # client would wait for its answer forever, or some 15 minutes of retransmissions
+            # if the query was not yet acknowledged. TCP keepalives find a silent peer within
+            # 5 + 3 * 2 s, and data unacknowledged for 10 s fails the connection (libpq docs,
+            # "Parameter Key Words"). Unix-domain sockets ignore these.
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 10_000,  # ms
+            **config.get("OPTIONS", {}),
+        }
+    return config
+
+
+DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+DATABASES = {"default": database(DATABASE_URL)}
 
 # How long a process trusts a token it found active before asking the database again: the
 # most a revocation takes to reach every process. 0 asks on every request.

@@ -6,12 +6,14 @@ from django.db import migrations, models
 
 def open_the_ledger(apps, schema_editor):
     """Items made before the ledger existed get a create movement of their current qty,
-    so that qty == sum(movement deltas) holds for every item from here on."""
+    so that qty == sum(movement deltas) holds for every item from here on. On the database
+    being migrated, which is not always the default one (copy_database migrates its target)."""
+    database = schema_editor.connection.alias
     Item = apps.get_model("inventory", "Item")
     Movement = apps.get_model("inventory", "Movement")
-    Movement.objects.bulk_create(
+    Movement.objects.using(database).bulk_create(
         Movement(item_id=item.id, kind="create", delta=item.qty, qty_after=item.qty, request_id="migration")
-        for item in Item.objects.order_by("name").iterator()
+        for item in Item.objects.using(database).order_by("name").iterator()
     )
 
 
