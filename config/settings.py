@@ -155,6 +155,30 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         **DATABASES["default"].get("OPTIONS", {}),
     }
 
+# DATABASE_POOLER=transaction: DATABASE_URL is a pooler in transaction mode (PgBouncer), where
+# each transaction may run on another server session, so nothing may outlive a transaction
+# in one (README, "Several app servers behind PgBouncer"). The service sets no session state
+# and takes only transaction-scoped advisory locks; `migrate` runs in one transaction. What
+# is left to switch off is Django's: server-side cursors (.iterator() declares a cursor WITH
+# HOLD outside a transaction), and prepared statements, which Django leaves off unless
+# prepare_threshold is given (Django docs, "Transaction pooling and server-side cursors").
+DATABASE_POOLER = os.environ.get("DATABASE_POOLER", "").strip().lower() or "none"
+if DATABASE_POOLER not in {"none", "session", "transaction"}:
+    raise ImproperlyConfigured(
+        f"DATABASE_POOLER must be none, session or transaction, not {DATABASE_POOLER!r}"
+    )
+if DATABASE_POOLER != "none" and DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    raise ImproperlyConfigured(
+        "DATABASE_POOLER is for a pooler in front of PostgreSQL; DATABASE_URL is not one"
+    )
+if DATABASE_POOLER == "transaction":
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
+    if DATABASES["default"]["OPTIONS"].get("prepare_threshold") is not None:
+        raise ImproperlyConfigured(
+            "prepare_threshold in DATABASE_URL: PgBouncer 1.18 in transaction mode cannot carry "
+            "prepared statements (DATABASE_POOLER=transaction)"
+        )
+
 # How long a process trusts a token it found active before asking the database again: the
 # most a revocation takes to reach every process. 0 asks on every request.
 TOKEN_CACHE_SECONDS = float(os.environ.get("TOKEN_CACHE_SECONDS", "2"))
