@@ -119,6 +119,9 @@ DATABASE_IDLE_IN_TRANSACTION_TIMEOUT = env_seconds("DATABASE_IDLE_IN_TRANSACTION
 # How long opening a connection to PostgreSQL may take: libpq counts whole seconds, at least 2,
 # per address tried (psycopg's own default is 130 s).
 DATABASE_CONNECT_TIMEOUT = max(2, math.ceil(env_seconds("DATABASE_CONNECT_TIMEOUT", 5)))
+# How long `migrate` waits for another migrate of the same database to finish (app servers
+# started at once take turns: inventory/management/commands/migrate.py); 0 waits as long as it takes.
+MIGRATE_LOCK_TIMEOUT = env_seconds("MIGRATE_LOCK_TIMEOUT", 300)
 
 DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
 DATABASES = {
