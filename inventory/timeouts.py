@@ -34,7 +34,9 @@ def role_defaults_apply(*, using: str = "default", **kwargs) -> None:
 
     A role may always set its own defaults for these parameters, which any user may set
     (PostgreSQL docs, ALTER ROLE). Raises django.db.DatabaseError if the server refuses: the
-    service must not run without its bounds.
+    service must not run without its bounds. With DATABASE_POOLER=transaction the current
+    server session takes the same values (set_config, session-wide): what any session the
+    role starts from now on has, so it carries nothing from one client to the next.
     """
     connection = connections[using]
     if connection.vendor != "postgresql":
