@@ -119,6 +119,9 @@ DATABASE_IDLE_IN_TRANSACTION_TIMEOUT = env_seconds("DATABASE_IDLE_IN_TRANSACTION
 # How long opening a connection to PostgreSQL may take: libpq counts whole seconds, at least 2,
 # per address tried (psycopg's own default is 130 s).
 DATABASE_CONNECT_TIMEOUT = max(2, math.ceil(env_seconds("DATABASE_CONNECT_TIMEOUT", 5)))
+# How long `migrate` waits for another migrate of the same database to finish (app servers
+# started at once take turns: inventory/management/commands/migrate.py); 0 waits as long as it takes.
+MIGRATE_LOCK_TIMEOUT = env_seconds("MIGRATE_LOCK_TIMEOUT", 300)
 
 
 def database(url: str) -> dict:
@@ -158,6 +161,30 @@ def database(url: str) -> dict:
 
 DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
 DATABASES = {"default": database(DATABASE_URL)}
+
+# DATABASE_POOLER=transaction: DATABASE_URL is a pooler in transaction mode (PgBouncer), where
+# each transaction may run on another server session, so nothing may outlive a transaction
+# in one (README, "Several app servers behind PgBouncer"). The service sets no session state
+# and takes only transaction-scoped advisory locks; `migrate` runs in one transaction. What
+# is left to switch off is Django's: server-side cursors (.iterator() declares a cursor WITH
+# HOLD outside a transaction), and prepared statements, which Django leaves off unless
+# prepare_threshold is given (Django docs, "Transaction pooling and server-side cursors").
+DATABASE_POOLER = os.environ.get("DATABASE_POOLER", "").strip().lower() or "none"
+if DATABASE_POOLER not in {"none", "session", "transaction"}:
+    raise ImproperlyConfigured(
+        f"DATABASE_POOLER must be none, session or transaction, not {DATABASE_POOLER!r}"
+    )
+if DATABASE_POOLER != "none" and DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    raise ImproperlyConfigured(
+        "DATABASE_POOLER is for a pooler in front of PostgreSQL; DATABASE_URL is not one"
+    )
+if DATABASE_POOLER == "transaction":
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = True
+    if DATABASES["default"]["OPTIONS"].get("prepare_threshold") is not None:
+        raise ImproperlyConfigured(
+            "prepare_threshold in DATABASE_URL: PgBouncer 1.18 in transaction mode cannot carry "
+            "prepared statements (DATABASE_POOLER=transaction)"
+        )
 
 # How long a process trusts a token it found active before asking the database again: the
 # most a revocation takes to reach every process. 0 asks on every request.

@@ -7,7 +7,9 @@ PgBouncer does not pass startup options on. The server applies a role's defaults
 to every session it starts for that role there, however the client reached it (PostgreSQL docs,
 ALTER ROLE; "Setting Parameters"). `migrate` sets them, and `make serve` migrates at every
 start; sessions started after that get the new values (a pooler's open server sessions keep
-theirs until it reconnects them).
+theirs until it reconnects them: PgBouncer's server_lifetime). Behind a pooler in transaction
+mode, the server session that ran the migrate is one of the pool's, started before the values
+were set: it takes them too, so that no session the pool hands out lacks them.
 """
 
 from django.conf import settings
@@ -32,7 +34,9 @@ def role_defaults_apply(*, using: str = "default", **kwargs) -> None:
 
     A role may always set its own defaults for these parameters, which any user may set
     (PostgreSQL docs, ALTER ROLE). Raises django.db.DatabaseError if the server refuses: the
-    service must not run without its bounds.
+    service must not run without its bounds. With DATABASE_POOLER=transaction the current
+    server session takes the same values (set_config, session-wide): what any session the
+    role starts from now on has, so it carries nothing from one client to the next.
     """
     connection = connections[using]
     if connection.vendor != "postgresql":
@@ -46,3 +50,5 @@ def role_defaults_apply(*, using: str = "default", **kwargs) -> None:
             cursor.execute(
                 f"ALTER ROLE CURRENT_USER IN DATABASE {database} SET {parameter} = {milliseconds:d}"
             )
+            if settings.DATABASE_POOLER == "transaction":
+                cursor.execute("SELECT set_config(%s, %s, false)", [parameter, str(milliseconds)])

@@ -271,20 +271,41 @@ def create(server, name: str, qty: int) -> dict:
     return item
 
 
+# What the tests that take `database_url` through the parametrisation below reach the database
+# through: PostgreSQL itself, or the PgBouncer in transaction mode that scripts/with-postgres
+# starts in front of it (TEST_PGBOUNCER_URL).
+DIRECT, PGBOUNCER = "direct", "pgbouncer"
+direct_and_pooled = pytest.mark.parametrize("database_url", [DIRECT, PGBOUNCER], indirect=True)
+
+
+def through_pgbouncer(url: str) -> bool:
+    """Whether `url` reaches the database through TEST_PGBOUNCER_URL's PgBouncer."""
+    pooler = os.environ.get("TEST_PGBOUNCER_URL")
+    return bool(pooler) and urlsplit(url).netloc == urlsplit(pooler).netloc
+
+
 @pytest.fixture
-def database_url(tmp_path):
-    """A fresh, empty database of the engine DATABASE_URL names (SQLite when unset)."""
+def database_url(request, tmp_path):
+    """A fresh, empty database of the engine DATABASE_URL names (SQLite when unset), reached
+    directly or, parametrised with PGBOUNCER, through PgBouncer in transaction mode."""
+    route = getattr(request, "param", DIRECT)
     base = os.environ.get("DATABASE_URL", "")
     if not base.startswith(("postgres://", "postgresql://")):
+        if route == PGBOUNCER:
+            pytest.skip("PgBouncer runs in front of PostgreSQL only (DATABASE_URL is SQLite)")
         yield f"sqlite:///{tmp_path / 'e2e.sqlite3'}"
         return
+    pooler = os.environ.get("TEST_PGBOUNCER_URL")
+    if route == PGBOUNCER and not pooler:
+        pytest.skip("TEST_PGBOUNCER_URL is not set (scripts/with-postgres sets it when PgBouncer is there)")
     import psycopg
 
     name = f"e2e_{uuid.uuid4().hex[:12]}"
     parts = urlsplit(base)
     with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
-    yield urlunsplit(parts._replace(path=f"/{name}"))
+    reach = urlsplit(pooler) if route == PGBOUNCER else parts
+    yield urlunsplit(reach._replace(path=f"/{name}"))
     with psycopg.connect(urlunsplit(parts._replace(path="/postgres")), autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -292,6 +313,8 @@ def database_url(tmp_path):
 @pytest.fixture
 def server(database_url, tmp_path):
     server = Server(database_url, tmp_path)
+    if through_pgbouncer(database_url):
+        server.extra_env["DATABASE_POOLER"] = "transaction"
     try:
         server.start()
         server.client.token = server.manage("token", "create", "e2e", "--scope", "write").strip()

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.e2e.conftest import PROGRESS_TIMEOUT, Progress, create, parallel
+from tests.e2e.conftest import PROGRESS_TIMEOUT, Progress, create, direct_and_pooled, parallel
 
 pytestmark = pytest.mark.e2e
 
@@ -36,6 +36,7 @@ def random_batch(rng: random.Random, ids: list[str]) -> list[dict]:
     return [{"id": a, "delta": -n}, {"id": b, "delta": n}]
 
 
+@direct_and_pooled
 def test_batches_conserve_the_total_and_are_never_seen_half_applied(server):
     ids = [create(server, f"account {i}", INITIAL)["id"] for i in range(ITEMS)]
     total = ITEMS * INITIAL

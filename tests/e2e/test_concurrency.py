@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from tests.e2e.conftest import create, parallel
+from tests.e2e.conftest import create, direct_and_pooled, parallel
 
 pytestmark = pytest.mark.e2e
 
@@ -18,6 +18,7 @@ def qty_of(server, item_id: str) -> int:
     return item["qty"]
 
 
+@direct_and_pooled
 def test_hot_row_applies_every_answered_delta_exactly_once(server):
     initial, per_client = 100, 100
     item = create(server, "hot", initial)
@@ -46,6 +47,7 @@ def test_hot_row_applies_every_answered_delta_exactly_once(server):
     server.verify()
 
 
+@direct_and_pooled
 def test_hot_row_drained_by_decrements_sells_exactly_the_stock(server):
     """Only -1s: qty falls monotonically, so exactly `stock` of them may succeed: one more
     is an oversell, one fewer is a refusal that was not needed."""

@@ -10,7 +10,14 @@ from collections import Counter
 
 import pytest
 
-from tests.e2e.conftest import PROGRESS_TIMEOUT, REQUEST_TIMEOUT, Progress, create, parallel
+from tests.e2e.conftest import (
+    PROGRESS_TIMEOUT,
+    REQUEST_TIMEOUT,
+    Progress,
+    create,
+    direct_and_pooled,
+    parallel,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -59,6 +66,7 @@ def active_hold_ids(server, item_id: str) -> list[str]:
     return [hold["id"] for page in server.client.pages(f"/items/{item_id}/holds", "holds") for hold in page]
 
 
+@direct_and_pooled
 def test_racing_holds_take_exactly_the_last_units_and_never_more(server):
     rounds, stock = 5, 20
     figures = Counter()
@@ -146,6 +154,7 @@ def plan_for(rng: random.Random, ttl: int) -> str:
     return rng.choices(["commit", "release", "keep"], [45, 40, 15])[0]
 
 
+@direct_and_pooled
 def test_mixed_holds_commits_releases_expiries_and_deltas_account_for_every_unit(server):
     ids = [create(server, f"mixed {i}", INITIAL)["id"] for i in range(ITEMS)]
     stop = threading.Event()
