@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
+from django.conf import settings
 from django.db import DatabaseError, connection
 from psycopg import sql as pgsql
 
@@ -40,6 +41,11 @@ def backup(path: Path) -> str:
     if connection.vendor == "sqlite":
         return _sqlite_backup(path)
     if connection.vendor == "postgresql":
+        if settings.DATABASE_POOLER == "transaction":
+            raise BackupFailed(
+                "pg_dump needs a session of its own, which a pooler in transaction mode does not"
+                " give: run backup with DATABASE_URL naming PostgreSQL itself, DATABASE_POOLER unset"
+            )
         return _postgres_backup(path)
     raise BackupFailed(f"no backup for a {connection.vendor} database")
 

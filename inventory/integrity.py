@@ -37,9 +37,13 @@ def invariant_violations() -> list[str]:
 def verify_elsewhere(database_url: str) -> tuple[bool, str]:
     """`manage.py verify` against another database (a backup, a copy), in a process of its own
     so that it connects exactly as the service would. Returns (passed, what it said)."""
+    env = {**os.environ, "DATABASE_URL": database_url}
+    # Whether that URL is a pooler is not known: client-side cursors are right behind one and
+    # without one; a pooler setting means nothing for SQLite (and is refused there).
+    env["DATABASE_POOLER"] = "transaction" if database_url.startswith(("postgres:", "postgresql:")) else ""
     result = subprocess.run(  # noqa: S603 (our own manage.py, no shell)
         [sys.executable, str(settings.BASE_DIR / "manage.py"), "verify"],
-        env={**os.environ, "DATABASE_URL": database_url},
+        env=env,
         capture_output=True,
         text=True,
         check=False,

@@ -208,6 +208,16 @@ def test_a_backup_refuses_a_place_it_cannot_write(small, tmp_path):
     assert said.startswith("CommandError: "), said
 
 
+def test_a_backup_through_a_transaction_pooler_is_refused_before_it_starts(tmp_path):
+    pooled = Server("postgres://nobody@127.0.0.1:1/inventory", tmp_path)
+    pooled.extra_env["DATABASE_POOLER"] = "transaction"
+
+    said = refused(pooled, "backup", str(tmp_path / "backup"))
+
+    assert "pg_dump needs a session of its own" in said, said
+    assert not (tmp_path / "backup").exists()
+
+
 def test_a_backup_never_overwrites_a_file(small, tmp_path):
     existing = tmp_path / "precious"
     existing.write_bytes(b"not a backup")
