@@ -22,7 +22,7 @@ import functools
 import uuid
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Max
 
 from inventory import clock, invariants, metrics, sql
@@ -86,8 +86,9 @@ def write(entries: list[dict]) -> None:
     docstring for the lock that orders them)."""
     if not entries:
         return
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
+    db = sql.database()
+    if db.vendor == "postgresql":
+        with db.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [FEED_LOCK])
     sql.insert(Event, [{**entry, "event_id": uuid.uuid4()} for entry in entries], at=clock.now())
     for type_ in {entry["type"] for entry in entries}:

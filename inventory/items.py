@@ -128,12 +128,13 @@ def item_delete(*, item_id: uuid.UUID, actor: str = "", request_id: str = "") ->
 def _guarded_add(item_id: uuid.UUID, delta: int, expected_qty: int | None, now) -> Item | None:
     """qty += delta in one guarded UPDATE (sql.guarded_add). Returns the item as updated,
     or None when the guard refused or the item does not exist."""
-    statement = sql.guarded_add(connection.vendor, delta < 0, expected_qty is not None)
+    db = sql.database()
+    statement = sql.guarded_add(db.vendor, delta < 0, expected_qty is not None)
     bound = -delta if delta < 0 else invariants.QTY_MAX - delta
-    params = [delta, sql.param(Item, "id", item_id), sql.param(Item, "holds_expire_at", now), bound]
+    params = [delta, sql.param(Item, "id", item_id, db), sql.param(Item, "holds_expire_at", now, db), bound]
     if expected_qty is not None:
         params.append(expected_qty)
-    with connection.cursor() as cursor:
+    with db.cursor() as cursor:
         cursor.execute(statement, params)
         return reservations.item_from_row(item_id, cursor.fetchone())
 

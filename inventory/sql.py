@@ -5,7 +5,7 @@ statement, never read-modify-write in Python; `RETURNING` needs SQLite 3.35+ or 
 import datetime
 import functools
 
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.utils import dateparse
 
 from inventory.models import HoldLine, Item
@@ -49,9 +49,10 @@ def insert(model, rows: list[dict], **shared) -> None:
     """INSERT rows of model (dicts by field name) in one statement, in the caller's
     transaction; `shared` gives values that every row has (prepared once). bulk_create()
     compiled the statement again on every write."""
-    head, row, prepare = _insert(connection.vendor, model)
+    db = database()
+    head, row, prepare = _insert(db.vendor, model)
     prepared = {
-        name: shared[name] if prep is None else prep(shared[name], connection)
+        name: shared[name] if prep is None else prep(shared[name], db)
         for name, prep in prepare
         if name in shared
     }
@@ -62,8 +63,8 @@ def insert(model, rows: list[dict], **shared) -> None:
                 params.append(prepared[name])
             else:
                 value = entry[name]
-                params.append(value if prep is None or value is None else prep(value, connection))
-    with connection.cursor() as cursor:
+                params.append(value if prep is None or value is None else prep(value, db))
+    with db.cursor() as cursor:
         cursor.execute(head + ", ".join([row] * len(rows)), params)
 
 
@@ -130,6 +131,13 @@ def as_datetime(value) -> datetime.datetime | None:
     return value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
 
 
-def param(model, field: str, value):
+def param(model, field: str, value, db=connection):
     """A value as the database stores it in model.field (a UUID as SQLite's hex text...)."""
-    return model._meta.get_field(field).get_db_prep_value(value, connection)
+    return model._meta.get_field(field).get_db_prep_value(value, db)
+
+
+def database():
+    """This thread's connection of the default database itself. `django.db.connection` is a
+    proxy that looks the connection up again on every attribute: a dozen lookups per write,
+    all inside the write's lock."""
+    return connections[DEFAULT_DB_ALIAS]
