@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,9 +44,10 @@ def main() -> None:
     from inventory import tokens
 
     call_command("migrate", verbosity=0)
-    token = tokens.token_create(name="lockhold", scope="write")
+    run_id = uuid.uuid4().hex[:8]  # the database may hold an earlier run's token and item
+    token = tokens.token_create(name=f"lockhold-{run_id}", scope="write")
     client = Client(HTTP_HOST="localhost", HTTP_AUTHORIZATION=f"Bearer {token}")
-    created = client.post("/items", {"name": "hot", "qty": 10**12}, content_type="application/json")
+    created = client.post("/items", {"name": f"hot-{run_id}", "qty": 10**12}, content_type="application/json")
     path = f"/items/{created.json()['id']}/qty"
 
     samples = measure(

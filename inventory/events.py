@@ -1,8 +1,11 @@
 """The change feed: every committed change is published as events in its own transaction
 (a transactional outbox), so a change and its events exist together or not at all.
 
-A service runs its transaction inside `transition(actor=..., request_id=...)`; whatever it
-(or anything it calls) emits is written at the end of that transaction, in the order emitted.
+A service runs its transaction inside `transition(actor=..., request_id=...)`; the events it
+(or anything it calls) emits and the movements it records are written at the end of that
+transaction, in the order given: its tail. On PostgreSQL the tail and the COMMIT travel in one
+round trip (sql.pipeline), so the row locks the transaction took are held for one round trip
+after its last read, not one per statement.
 
 Commit order. `GET /events` reads events by `seq`, so a reader must never see an event
 before every event with a smaller seq is visible. On PostgreSQL a sequence hands out values
@@ -15,6 +18,7 @@ their events to their commit. On SQLite, writers already take turns on one lock 
 COMMIT, so seq order is commit order without more.
 """
 
+import collections
 import contextlib
 import contextvars
 import datetime
@@ -27,7 +31,7 @@ from django.db.models import Max
 
 from inventory import clock, invariants, metrics, sql
 from inventory.errors import CursorExpired
-from inventory.models import Event, FeedState, Hold, Item
+from inventory.models import Event, FeedState, Hold, Item, Movement
 
 FEED_LOCK = 7_236_961  # the advisory lock key that orders the feed's writers (PostgreSQL)
 PRUNE_BATCH = 1000  # events per pruning transaction
@@ -46,54 +50,94 @@ TYPES = (
     "hold.expired",
 )
 
-_pending: contextvars.ContextVar[list | None] = contextvars.ContextVar("pending_events", default=None)
-_context: contextvars.ContextVar[dict | None] = contextvars.ContextVar("event_context", default=None)
+
+class _Tail:
+    """What a transition writes at its end."""
+
+    def __init__(self, actor: str | None, request_id: str | None):
+        self.context = {"actor": actor or None, "request_id": request_id or None}
+        self.events: list[dict] = []
+        self.movements: list[dict] = []
+
+
+_tail: contextvars.ContextVar[_Tail | None] = contextvars.ContextVar("transition_tail", default=None)
 
 
 @contextlib.contextmanager
 def transition(*, actor: str | None = None, request_id: str | None = None):
-    """A write transaction whose events are written at its end, before it commits. Nested in
-    another transition, it adds to that one's events (one transaction, one set)."""
-    if _pending.get() is not None:
-        with transaction.atomic():
-            yield
+    """A write transaction whose movements and events are written at its end, before it
+    commits. Nested in another transition, it adds to that one's (one transaction, one
+    tail); if it is rolled back, what it added goes with it."""
+    outer = _tail.get()
+    if outer is not None:
+        events, movements = len(outer.events), len(outer.movements)
+        try:
+            with transaction.atomic():
+                yield
+        except BaseException:
+            del outer.events[events:], outer.movements[movements:]
+            raise
         return
-    pending: list[dict] = []
-    token, context = (
-        _pending.set(pending),
-        _context.set({"actor": actor or None, "request_id": request_id or None}),
-    )
+    tail = _Tail(actor, request_id)
+    token = _tail.set(tail)
     try:
-        with transaction.atomic():
+        with contextlib.ExitStack() as round_trip, transaction.atomic():
             yield
-            write(pending)
+            # Entered here, left after the atomic block: its COMMIT is in the pipeline.
+            round_trip.enter_context(sql.pipeline())
+            _write_tail(tail)
     finally:
-        _pending.reset(token)
-        _context.reset(context)
+        _tail.reset(token)
 
 
 def emit(type_: str, *, data: dict, item_id=None, hold_id=None) -> None:
     """Add an event to the current transition's."""
-    pending = _pending.get()
-    if pending is None:
+    tail = _tail.get()
+    if tail is None:
         raise RuntimeError("an event was emitted outside a transition")
-    context = _context.get() or {"actor": None, "request_id": None}
-    pending.append({"type": type_, "data": data, "item_id": item_id, "hold_id": hold_id, **context})
+    tail.events.append({"type": type_, "data": data, "item_id": item_id, "hold_id": hold_id, **tail.context})
 
 
-def write(entries: list[dict]) -> None:
+def record(movements: tuple[dict, ...]) -> None:
+    """Add movements (items.movement()) to the current transition's."""
+    tail = _tail.get()
+    if tail is None:
+        raise RuntimeError("a movement was recorded outside a transition")
+    tail.movements.extend(movements)
+
+
+def _write_tail(tail: _Tail) -> None:
+    now = clock.now()
+    if tail.movements:
+        sql.insert(Movement, tail.movements, at=now)
+    write(tail.events, now)
+    transaction.on_commit(
+        functools.partial(
+            _count,
+            collections.Counter(movement["kind"] for movement in tail.movements),
+            collections.Counter(event["type"] for event in tail.events),
+        )
+    )
+
+
+def _count(movements: collections.Counter, events: collections.Counter) -> None:
+    for kind, count in movements.items():
+        metrics.QTY_TRANSITIONS.labels(kind).inc(count)
+    for type_, count in events.items():
+        metrics.EVENTS.labels(type_).inc(count)
+
+
+def write(entries: list[dict], now: datetime.datetime | None = None) -> None:
     """Insert events in one statement, inside the caller's transaction (see the module's
-    docstring for the lock that orders them)."""
+    docstring for the lock that orders them); `at` is now unless given."""
     if not entries:
         return
     db = sql.database()
     if db.vendor == "postgresql":
         with db.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [FEED_LOCK])
-    sql.insert(Event, [{**entry, "event_id": uuid.uuid4()} for entry in entries], at=clock.now())
-    for type_ in {entry["type"] for entry in entries}:
-        count = sum(entry["type"] == type_ for entry in entries)
-        transaction.on_commit(functools.partial(metrics.EVENTS.labels(type_).inc, count))
+    rows = [{**entry, "event_id": uuid.uuid4()} for entry in entries]
+    sql.insert(Event, rows, at=clock.now() if now is None else now)
 
 
 # What events say -----------------------------------------------------------------------------

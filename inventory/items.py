@@ -7,12 +7,11 @@ on SQLite that would take the write lock. Every item returned carries its exact 
 (inventory.reservations).
 """
 
-import functools
 import uuid
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection
 
-from inventory import clock, events, invariants, metrics, reservations, sql
+from inventory import clock, events, invariants, reservations, sql
 from inventory.errors import (
     DuplicateName,
     InventoryError,
@@ -28,11 +27,8 @@ UNSET = object()  # a field the request leaves as it is
 
 
 def record(*movements: dict) -> None:
-    """Write movements, each from movement(), in one INSERT."""
-    sql.insert(Movement, movements, at=clock.now())
-    for kind in {entry["kind"] for entry in movements}:
-        count = sum(entry["kind"] == kind for entry in movements)
-        transaction.on_commit(functools.partial(metrics.QTY_TRANSITIONS.labels(kind).inc, count))
+    """Record movements, each from movement(): written with the transition's events."""
+    events.record(movements)
 
 
 def movement(

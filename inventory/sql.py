@@ -2,6 +2,7 @@
 every request cost more than running them. Each changes qty or reserved in one guarded
 statement, never read-modify-write in Python; `RETURNING` needs SQLite 3.35+ or PostgreSQL."""
 
+import contextlib
 import datetime
 import functools
 
@@ -141,3 +142,13 @@ def database():
     proxy that looks the connection up again on every attribute: a dozen lookups per write,
     all inside the write's lock."""
     return connections[DEFAULT_DB_ALIAS]
+
+
+def pipeline():
+    """On PostgreSQL, psycopg's pipeline mode: the statements executed within, and a COMMIT
+    reached within, are sent together and answered in one round trip (libpq, "Pipeline
+    Mode"). No result may be read within: errors come at the COMMIT. Elsewhere nothing."""
+    db = database()
+    if db.vendor != "postgresql":
+        return contextlib.nullcontext()
+    return db.connection.pipeline()

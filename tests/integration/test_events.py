@@ -13,8 +13,8 @@ import json
 
 import pytest
 
-from inventory import clock, events, holds
-from inventory.models import Event
+from inventory import clock, events, holds, items
+from inventory.models import Event, Movement
 from tests.conftest import WRITER, Api, expected_item
 
 pytestmark = pytest.mark.django_db
@@ -884,3 +884,22 @@ def test_the_feed_shows_an_event_exactly_as_a_webhook_body_carries_it(api, monke
     shown = api.get("/events").json()["events"][0]
 
     assert shown == events.event_body(Event.objects.get())
+
+
+def test_a_nested_transition_rolled_back_leaves_no_event_or_movement_of_its_own(api, feed):
+    """What a nested transition added to the tail goes with its savepoint; the outer one's
+    rows are written, once."""
+    item = api.post("/items", {"name": "tail", "qty": 5}).json()
+    feed.new()
+    movements_before = Movement.objects.count()
+    with events.transition(actor="outer", request_id="outer"):
+        events.emit("item.updated", item_id=item["id"], data={"from": "outer"})
+        items.record(items.movement(item["id"], Movement.ADJUST, 0, 5, actor="outer", request_id="outer"))
+        with pytest.raises(RuntimeError), events.transition():
+            events.emit("item.updated", item_id=item["id"], data={"from": "inner"})
+            items.record(items.movement(item["id"], Movement.ADJUST, 0, 5, actor="inner", request_id="inner"))
+            raise RuntimeError("the inner transition fails")
+
+    assert [event["data"] for event in feed.new()] == [{"from": "outer"}]
+    assert Movement.objects.count() == movements_before + 1
+    assert Movement.objects.order_by("-id").first().actor == "outer"

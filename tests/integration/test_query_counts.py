@@ -253,8 +253,8 @@ HOLD_ACTIONS = {
             "UPDATE hold line",
             "UPDATE item",  # qty and reserved fall by the line
             "UPDATE item",  # holds_expire_at
-            "INSERT movement",
             "UPDATE hold",
+            "INSERT movement",  # movements and events: the transition's tail
             EVENTS,
         ],
     ),
