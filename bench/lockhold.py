@@ -9,7 +9,7 @@ so that what is measured is the locked section itself, not the queue in front of
 lock; PostgreSQL: the guarded UPDATE takes the row's lock, so from its first statement) and
 ends when COMMIT returns. Its parts: the statements (time inside the driver's execute), the
 Python between them, and COMMIT (on SQLite the WAL write and its fsync). Writes
-bench/results/lockhold-<engine>.md: percentiles and a histogram of each part.
+bench/results/lockhold-<engine>[-<label>].md: percentiles and a histogram of each part.
 """
 
 import argparse
@@ -30,6 +30,7 @@ WARMUP = 200  # requests not counted: connection, caches, first pages of the tab
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--label", default="", help="added to the output file's name (before, after...)")
     args = parser.parse_args()
     if not os.environ.get("DATABASE_URL"):
         os.environ["DATABASE_URL"] = f"sqlite:///{tempfile.mkdtemp(prefix='lockhold-')}/db.sqlite3"
@@ -57,7 +58,8 @@ def main() -> None:
     )
     engine = connections[DEFAULT_DB_ALIAS].vendor
     report = markdown(engine, samples)
-    (ROOT / "bench" / "results" / f"lockhold-{engine}.md").write_text(report)
+    label = f"-{args.label}" if args.label else ""
+    (ROOT / "bench" / "results" / f"lockhold-{engine}{label}.md").write_text(report)
     print(report)
 
 

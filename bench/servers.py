@@ -1,13 +1,16 @@
-"""Which production server: each candidate command against one SQLite database, the hot row
-and GET /items/<id> at 32 connections, candidates taking turns in every repeat; medians.
+"""Which production server, or which version of the code: each candidate command against one
+database, the hot row and GET /items/<id> at 32 connections, candidates taking turns in every
+repeat; medians, and each candidate's paired ratio to the first.
 
     .venv/bin/python bench/servers.py [--repeats 3] [--duration 10] ["NAME=COMMAND" ...]
+    scripts/with-postgres .venv/bin/python bench/servers.py --engine postgres ...
 
-Writes bench/results/servers.md. Every candidate gets the environment `make serve` gets.
+Writes bench/results/servers.md (or --output). Every candidate gets the environment `make serve` gets.
 Needs wrk and bench/requirements.txt, which `make bench` installs.
 """
 
 import argparse
+import os
 import shlex
 import statistics
 import sys
@@ -20,6 +23,7 @@ import run  # bench/run.py, beside this file
 SERVE = "make --no-print-directory -s serve"  # granian, config/serve.py
 # gunicorn's workers get what config/serve.py gives granian's: a folder for their metrics.
 GUNICORN = "env PROMETHEUS_MULTIPROC_DIR=$METRICS .venv/bin/gunicorn config.wsgi --bind 127.0.0.1:$PORT"
+ENGINES = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
 CANDIDATES = {
     "granian, 2 workers x 1 thread": f"env WEB_CONCURRENCY=2 THREADS=1 {SERVE}",
     "granian, 4 workers x 1 thread": f"env WEB_CONCURRENCY=4 THREADS=1 {SERVE}",
@@ -36,20 +40,27 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10)
     parser.add_argument("--warmup", type=float, default=2)
+    parser.add_argument("--engine", choices=["sqlite", "postgres"], default="sqlite")
+    parser.add_argument("--output", default="servers.md", help="file name in bench/results/")
     args = parser.parse_args()
     args.workers = args.threads = None
     args.wrk_threads = 1
     candidates = dict(c.split("=", 1) for c in args.candidates) or CANDIDATES
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-servers-"))
-    database_url = f"sqlite:///{workdir / 'bench.sqlite3'}"
+    if args.engine == "sqlite":
+        database_url = f"sqlite:///{workdir / 'bench.sqlite3'}"
+    else:
+        database_url = os.environ["DATABASE_URL"]
     env = run.server_env(database_url, run.free_port(), args)
     run.manage(env, "migrate", "--noinput")
-    conn = run.connect("sqlite", database_url)
-    run.seed_items(conn, "sqlite", 1, run.ID_SET)
-    ids = run.seeded_ids(conn, "sqlite", run.ID_SET)
+    conn = run.connect(args.engine, database_url)
+    if run.count_items(conn, args.engine) == 0:  # a database an earlier run seeded is used as it is
+        run.seed_items(conn, args.engine, 1, run.ID_SET)
+    ids = run.seeded_ids(conn, args.engine, run.ID_SET)
     (workdir / "ids.txt").write_text("\n".join(ids) + "\n")
-    token = run.manage(env, "token", "create", "bench", "--scope", "write").stdout.strip()
+    token_name = f"bench-{os.getpid()}"  # the database may hold an earlier run's token
+    token = run.manage(env, "token", "create", token_name, "--scope", "write").stdout.strip()
     env.update(BENCH_TOKEN=token, BENCH_IDS=str(workdir / "ids.txt"), BENCH_ITEM=ids[0])
 
     samples = {(name, workload): [] for name in candidates for workload in ("hot_row", "get_item")}
@@ -70,25 +81,35 @@ def main() -> None:
                 run.stop_server(server)
 
     lines = [
-        "# Production server candidates (SQLite, 32 connections)",
+        f"# Production server candidates ({ENGINES[args.engine]}, 32 connections)",
         "",
         f"Median of {args.repeats} repeats, {args.duration:g} s each, candidates taking turns. "
-        f"Command: `{shlex.join(['bench/servers.py', *sys.argv[1:]])}`.",
+        "A paired ratio is the median over repeats of the candidate's figure over the first "
+        f"candidate's in the same repeat. Command: `{shlex.join(['bench/servers.py', *sys.argv[1:]])}`.",
         "",
-        "| server | hot row req/s | hot row p99 ms | GET item req/s | GET item p99 ms | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| candidate | hot row req/s | hot row p99 ms | GET item req/s | GET item p99 ms | errors "
+        "| hot row / first's, paired | GET item / first's, paired |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    first = next(iter(candidates))
     for name in candidates:
         hot, get = samples[name, "hot_row"], samples[name, "get_item"]
         errors = sum(s["errors"] for s in hot + get)
+        paired = [
+            statistics.median(
+                s["rps"] / f["rps"] for s, f in zip(samples[name, w], samples[first, w], strict=True)
+            )
+            for w in ("hot_row", "get_item")
+        ]
         lines.append(
             f"| {name} | {statistics.median(s['rps'] for s in hot):.0f} "
             f"| {statistics.median(s['p99_ms'] for s in hot):.1f} "
             f"| {statistics.median(s['rps'] for s in get):.0f} "
-            f"| {statistics.median(s['p99_ms'] for s in get):.1f} | {errors} |"
+            f"| {statistics.median(s['p99_ms'] for s in get):.1f} | {errors} "
+            f"| {paired[0]:.2f} | {paired[1]:.2f} |"
         )
     run.RESULTS.mkdir(parents=True, exist_ok=True)
-    (run.RESULTS / "servers.md").write_text("\n".join(lines) + "\n")
+    (run.RESULTS / args.output).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
