@@ -13,12 +13,9 @@ needs ptrace: root, or kernel.yama.ptrace_scope = 0).
 
 import argparse
 import collections
-import os
 import re
-import secrets
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,22 +33,7 @@ def main() -> None:
     args.workers = args.threads = None
     args.wrk_threads = 1
 
-    workdir = Path(tempfile.mkdtemp(prefix="bench-flame-"))
-    if args.engine == "sqlite":
-        database_url = f"sqlite:///{workdir / 'bench.sqlite3'}"
-    else:
-        database_url = os.environ["DATABASE_URL"]
-    env = run.server_env(database_url, run.free_port(), args)
-    migrated = run.manage(env, "migrate", "--noinput")
-    if migrated.returncode != 0:
-        sys.exit(migrated.stdout + migrated.stderr)
-    conn = run.connect(args.engine, database_url)
-    if run.count_items(conn, args.engine) == 0:  # a database an earlier run seeded is used as it is
-        run.seed_items(conn, args.engine, 1, 1)
-    item = run.seeded_ids(conn, args.engine, 1)[0]
-    token_name = f"flame-{secrets.token_hex(4)}"  # the database may hold an earlier run's token
-    token = run.manage(env, "token", "create", token_name, "--scope", "write").stdout.strip()
-    env.update(BENCH_TOKEN=token, BENCH_ITEM=item)
+    env, _, _, workdir = run.prepare(args.engine, args, 1, "flame")
     server = run.start_server("make --no-print-directory -s serve", env, workdir / "server.log")
     name = f"flame-hot-row-{args.engine}{'-' + args.label if args.label else ''}"
     output, stacks = run.RESULTS / f"{name}.svg", workdir / "stacks.txt"

@@ -211,6 +211,33 @@ def http_get(port: int, path: str, token: str | None = None) -> tuple[int, bytes
         connection.close()
 
 
+def prepare(engine: str, args, items: int, name: str) -> tuple[dict, object, list[str], Path]:
+    """A database ready for a side benchmark (bench/servers.py, flame.py, cpu.py): the embedded
+    SQLite in a new folder, or DATABASE_URL on PostgreSQL; migrated; item-0000001..`items`
+    seeded unless an earlier run seeded them; a write token of its own (an earlier run's may
+    be there); and the environment the server and the wrk scripts read (BENCH_TOKEN,
+    BENCH_ITEM: the first item, BENCH_IDS: a file of every id). Returns the environment, a
+    connection, the ids and the folder."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    if engine == "sqlite":
+        database_url = f"sqlite:///{workdir / 'bench.sqlite3'}"
+    else:
+        database_url = os.environ["DATABASE_URL"]
+    env = server_env(database_url, free_port(), args)
+    migrated = manage(env, "migrate", "--noinput")
+    if migrated.returncode != 0:
+        sys.exit(migrated.stdout + migrated.stderr)
+    conn = connect(engine, database_url)
+    if count_items(conn, engine) == 0:
+        seed_items(conn, engine, 1, items)
+    ids = seeded_ids(conn, engine, items)
+    (workdir / "ids.txt").write_text("\n".join(ids) + "\n")
+    token_name = f"{name}-{secrets.token_hex(4)}"
+    token = manage(env, "token", "create", token_name, "--scope", "write").stdout.strip()
+    env.update(BENCH_TOKEN=token, BENCH_ITEM=ids[0], BENCH_IDS=str(workdir / "ids.txt"))
+    return env, conn, ids, workdir
+
+
 def start_server(command: str, env: dict, log_path: Path) -> subprocess.Popen:
     with log_path.open("ab") as log:
         # A session of its own, so that stop_server() reaches make, the server and every worker.

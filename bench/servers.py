@@ -10,7 +10,6 @@ Needs wrk and bench/requirements.txt, which `make bench` installs.
 """
 
 import argparse
-import os
 import shlex
 import statistics
 import sys
@@ -47,21 +46,7 @@ def main() -> None:
     args.wrk_threads = 1
     candidates = dict(c.split("=", 1) for c in args.candidates) or CANDIDATES
 
-    workdir = Path(tempfile.mkdtemp(prefix="bench-servers-"))
-    if args.engine == "sqlite":
-        database_url = f"sqlite:///{workdir / 'bench.sqlite3'}"
-    else:
-        database_url = os.environ["DATABASE_URL"]
-    env = run.server_env(database_url, run.free_port(), args)
-    run.manage(env, "migrate", "--noinput")
-    conn = run.connect(args.engine, database_url)
-    if run.count_items(conn, args.engine) == 0:  # a database an earlier run seeded is used as it is
-        run.seed_items(conn, args.engine, 1, run.ID_SET)
-    ids = run.seeded_ids(conn, args.engine, run.ID_SET)
-    (workdir / "ids.txt").write_text("\n".join(ids) + "\n")
-    token_name = f"bench-{os.getpid()}"  # the database may hold an earlier run's token
-    token = run.manage(env, "token", "create", token_name, "--scope", "write").stdout.strip()
-    env.update(BENCH_TOKEN=token, BENCH_IDS=str(workdir / "ids.txt"), BENCH_ITEM=ids[0])
+    env, _, _, workdir = run.prepare(args.engine, args, run.ID_SET, "servers")
 
     samples = {(name, workload): [] for name in candidates for workload in ("hot_row", "get_item")}
     for repeat in range(1, args.repeats + 1):
