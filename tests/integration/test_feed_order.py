@@ -8,10 +8,10 @@ import threading
 import uuid
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import OperationalError, connection, connections, transaction
 
-from inventory import clock, events, sql
-from inventory.models import Event
+from inventory import clock, events, items, sql
+from inventory.models import Event, Movement
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
@@ -112,3 +112,44 @@ def test_without_the_feed_lock_a_reader_would_skip_the_open_transaction_s_event(
     missed = feed_writers(after=cursor_position["next"])
     assert "t1" not in missed  # the naive reader polling on with `next` never sees T1's event
     assert feed_writers() == ["t1", "t2a", "t2b"]
+
+
+def test_a_write_whose_tail_waits_too_long_for_the_feed_lock_leaves_nothing_and_the_connection_works():
+    """A write's tail (movement, the feed's lock, events) and its COMMIT travel in one
+    pipelined round trip, so a lock_timeout on the feed's lock is answered at COMMIT: the
+    whole write is rolled back (qty, movement, event) and the connection takes writes again."""
+    item = items.item_create(name="tail", qty=5)
+    has_lock, release, errors = threading.Event(), threading.Event(), []
+
+    def holder():
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [events.FEED_LOCK])
+                has_lock.set()
+                assert release.wait(TIMEOUT), "the holder was never released"
+        except BaseException as exc:
+            errors.append(exc)
+            has_lock.set()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    movements, feed = Movement.objects.count(), Event.objects.count()
+    try:
+        assert has_lock.wait(TIMEOUT)
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(OperationalError) as raised:
+            items.qty_adjust(item_id=item.id, delta=-2)
+        assert raised.value.__cause__.sqlstate == "55P03"  # lock_not_available
+    finally:
+        release.set()
+        thread.join(TIMEOUT)
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+    assert not errors, errors
+    assert items.item_get(item_id=item.id).qty == 5
+    assert (Movement.objects.count(), Event.objects.count()) == (movements, feed)
+    assert items.qty_adjust(item_id=item.id, delta=-2).qty == 3
+    assert (Movement.objects.count(), Event.objects.count()) == (movements + 1, feed + 1)
