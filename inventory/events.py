@@ -107,10 +107,11 @@ def record(movements: tuple[dict, ...]) -> None:
 
 
 def _write_tail(tail: _Tail) -> None:
-    now = clock.now()
+    db = sql.database()
+    at = sql.param(Event, "at", clock.now(), db)  # one instant for the movements and the events
     if tail.movements:
-        sql.insert(Movement, tail.movements, at=now)
-    write(tail.events, now)
+        sql.insert(db, Movement, tail.movements, at=at)
+    _insert(db, tail.events, at)
     transaction.on_commit(
         functools.partial(
             _count,
@@ -127,17 +128,20 @@ def _count(movements: collections.Counter, events: collections.Counter) -> None:
         metrics.EVENTS.labels(type_).inc(count)
 
 
-def write(entries: list[dict], now: datetime.datetime | None = None) -> None:
-    """Insert events in one statement, inside the caller's transaction (see the module's
-    docstring for the lock that orders them); `at` is now unless given."""
+def write(entries: list[dict]) -> None:
+    """Insert events, stamped now, in one statement inside the caller's transaction (see the
+    module's docstring for the lock that orders them)."""
+    db = sql.database()
+    _insert(db, entries, sql.param(Event, "at", clock.now(), db))
+
+
+def _insert(db, entries: list[dict], at) -> None:
     if not entries:
         return
-    db = sql.database()
     if db.vendor == "postgresql":
-        with db.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [FEED_LOCK])
+        sql.execute(db, "SELECT pg_advisory_xact_lock(%s)", [FEED_LOCK])
     rows = [{**entry, "event_id": uuid.uuid4()} for entry in entries]
-    sql.insert(Event, rows, at=clock.now() if now is None else now)
+    sql.insert(db, Event, rows, at=at)
 
 
 # What events say -----------------------------------------------------------------------------

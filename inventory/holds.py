@@ -32,18 +32,16 @@ def _reserve(item_id: uuid.UUID, qty: int, expires_at: datetime.datetime, hold_i
     expiry = sql.param(Item, "holds_expire_at", expires_at)
     now = sql.param(Item, "holds_expire_at", clock.now())
     params = [qty, expiry, expiry, sql.param(Item, "id", item_id), now, qty]
-    with connection.cursor() as cursor:
-        cursor.execute(sql.guarded_reserve(connection.vendor), params)
-        row = cursor.fetchone()
-        if row is None:
-            # Refused, missing or counting an expired hold: with the row locked and expired
-            # holds collected (their events first), the true reason.
-            item = reservations.lock_item(item_id)
-            if item is None:
-                raise ItemNotFound(field="lines", item_id=item_id)
-            invariants.line_fits(item.qty - item.reserved, qty, item_id)
-            cursor.execute(sql.guarded_reserve(connection.vendor), params)
-            row = cursor.fetchone()
+    db = sql.database()
+    row = sql.execute(db, sql.guarded_reserve(db.vendor), params).fetchone()
+    if row is None:
+        # Refused, missing or counting an expired hold: with the row locked and expired
+        # holds collected (their events first), the true reason.
+        item = reservations.lock_item(item_id)
+        if item is None:
+            raise ItemNotFound(field="lines", item_id=item_id)
+        invariants.line_fits(item.qty - item.reserved, qty, item_id)
+        row = sql.execute(db, sql.guarded_reserve(db.vendor), params).fetchone()
     item = reservations.item_from_row(item_id, row)
     events.stock_changed(item, kind="hold", reserved_delta=qty, hold_id=hold_id)
 
@@ -148,10 +146,9 @@ def hold_commit(*, hold_id: uuid.UUID, actor: str = "", request_id: str = "") ->
                 # A line another writer stopped counting expired on its clock: the hold is expired.
                 if not HoldLine.objects.filter(pk=line.pk, reserving=True).update(reserving=False):
                     raise HoldNotActive(state=invariants.EXPIRED)
-                with connection.cursor() as cursor:
-                    params = [line.qty, line.qty, sql.param(Item, "id", line.item_id)]
-                    cursor.execute(sql.take_reserved(connection.vendor), params)
-                    item = reservations.item_from_row(line.item_id, cursor.fetchone())
+                params = [line.qty, line.qty, sql.param(Item, "id", line.item_id)]
+                row = sql.execute(sql.database(), sql.take_reserved(connection.vendor), params).fetchone()
+                item = reservations.item_from_row(line.item_id, row)
                 qty_after = item.qty
                 reservations.refresh_expiry(line.item_id)
                 events.stock_changed(

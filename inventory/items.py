@@ -9,7 +9,7 @@ on SQLite that would take the write lock. Every item returned carries its exact 
 
 import uuid
 
-from django.db import IntegrityError, connection
+from django.db import IntegrityError
 
 from inventory import clock, events, invariants, reservations, sql
 from inventory.errors import (
@@ -130,9 +130,7 @@ def _guarded_add(item_id: uuid.UUID, delta: int, expected_qty: int | None, now) 
     params = [delta, sql.param(Item, "id", item_id, db), sql.param(Item, "holds_expire_at", now, db), bound]
     if expected_qty is not None:
         params.append(expected_qty)
-    with db.cursor() as cursor:
-        cursor.execute(statement, params)
-        return reservations.item_from_row(item_id, cursor.fetchone())
+    return reservations.item_from_row(item_id, sql.execute(db, statement, params).fetchone())
 
 
 def adjust(
@@ -251,9 +249,9 @@ def adjustment_apply(
 
 def item_get(*, item_id: uuid.UUID) -> Item | None:
     """The item with its exact `reserved` at this instant, or None."""
-    with connection.cursor() as cursor:
-        cursor.execute(sql.item_select(connection.vendor, False), [sql.param(Item, "id", item_id)])
-        item = reservations.item_from_row(item_id, cursor.fetchone())
+    db = sql.database()
+    row = sql.execute(db, sql.item_select(db.vendor, False), [sql.param(Item, "id", item_id, db)]).fetchone()
+    item = reservations.item_from_row(item_id, row)
     if item is not None:
         item.reserved = reservations.reserved_now(item_id, item.reserved, item.holds_expire_at, clock.now())
     return item

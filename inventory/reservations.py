@@ -33,12 +33,8 @@ def reserved_now(item_id: uuid.UUID, stored: int, holds_expire_at, now: datetime
     counter may count an expired one."""
     if is_exact(holds_expire_at, now):
         return stored
-    with connection.cursor() as cursor:
-        cursor.execute(
-            sql.reserved_at(connection.vendor),
-            [sql.param(Item, "id", item_id), sql.param(HoldLine, "expires_at", now)],
-        )
-        return cursor.fetchone()[0]
+    params = [sql.param(Item, "id", item_id), sql.param(HoldLine, "expires_at", now)]
+    return sql.execute(sql.database(), sql.reserved_at(connection.vendor), params).fetchone()[0]
 
 
 def reserved_expression(now: datetime.datetime):
@@ -109,9 +105,8 @@ def lock_item(item_id: uuid.UUID, now: datetime.datetime | None = None) -> Item 
 
 
 def _select(item_id: uuid.UUID, *, for_update: bool):
-    with connection.cursor() as cursor:
-        cursor.execute(sql.item_select(connection.vendor, for_update), [sql.param(Item, "id", item_id)])
-        return cursor.fetchone()
+    statement = sql.item_select(connection.vendor, for_update)
+    return sql.execute(sql.database(), statement, [sql.param(Item, "id", item_id)]).fetchone()
 
 
 def item_from_row(item_id: uuid.UUID, row) -> Item | None:

@@ -5,6 +5,7 @@ statement, never read-modify-write in Python; `RETURNING` needs SQLite 3.35+ or 
 import contextlib
 import datetime
 import functools
+import re
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.utils import dateparse
@@ -46,27 +47,20 @@ def _insert(vendor: str, model) -> tuple[str, str, tuple]:
     return head, "(" + ", ".join(["%s"] * len(fields)) + ")", prepare
 
 
-def insert(model, rows: list[dict], **shared) -> None:
+def insert(db, model, rows: list[dict], **shared) -> None:
     """INSERT rows of model (dicts by field name) in one statement, in the caller's
-    transaction; `shared` gives values that every row has (prepared once). bulk_create()
-    compiled the statement again on every write."""
-    db = database()
+    transaction on connection db; `shared` gives values that every row has, already as the
+    database stores them (param()). bulk_create() compiled the statement again on every write."""
     head, row, prepare = _insert(db.vendor, model)
-    prepared = {
-        name: shared[name] if prep is None else prep(shared[name], db)
-        for name, prep in prepare
-        if name in shared
-    }
     params = []
     for entry in rows:
         for name, prep in prepare:
-            if name in prepared:
-                params.append(prepared[name])
+            if name in shared:
+                params.append(shared[name])
             else:
                 value = entry[name]
                 params.append(value if prep is None or value is None else prep(value, db))
-    with db.cursor() as cursor:
-        cursor.execute(head + ", ".join([row] * len(rows)), params)
+    execute(db, head + ", ".join([row] * len(rows)), params)
 
 
 @functools.cache
@@ -135,6 +129,32 @@ def as_datetime(value) -> datetime.datetime | None:
 def param(model, field: str, value, db=connection):
     """A value as the database stores it in model.field (a UUID as SQLite's hex text...)."""
     return model._meta.get_field(field).get_db_prep_value(value, db)
+
+
+def execute(db, statement: str, params: list):
+    """Run a statement of this module's (placeholders %s) on the driver's own cursor and
+    return that cursor. Django's cursor wrapper costs more than the statement (a regex
+    rewrite of the placeholders for SQLite on every call, connection look-ups); errors are
+    still Django's (wrap_database_errors), so callers see the same exceptions. When queries
+    are being logged (DEBUG, a test capturing them), the statement goes through Django's
+    cursor, to be logged."""
+    if db.queries_logged or db.execute_wrappers:
+        cursor = db.cursor()
+        cursor.execute(statement, params)
+        return cursor
+    with db.wrap_database_errors:
+        cursor = db.connection.cursor()
+        cursor.execute(_driver_style(db.vendor, statement), params)
+        return cursor
+
+
+@functools.lru_cache(maxsize=256)
+def _driver_style(vendor: str, statement: str) -> str:
+    """The statement in the driver's placeholders: sqlite3 takes ?, psycopg %s (Django's
+    SQLite cursor does the same rewrite, on every call)."""
+    if vendor != "sqlite":
+        return statement
+    return re.sub(r"(?<!%)%s", "?", statement).replace("%%", "%")
 
 
 def database():

@@ -54,7 +54,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if self._writer_lock is not None:
             self._lock_writer()
         try:
-            super()._start_transaction_under_autocommit()
+            if self.queries_logged or self.execute_wrappers or self.transaction_mode is None:
+                super()._start_transaction_under_autocommit()
+            else:
+                # Django's cursor wrapper costs more than the BEGIN itself (see inventory.sql.execute).
+                with self.wrap_database_errors:
+                    self.connection.execute(f"BEGIN {self.transaction_mode}")
         except BaseException:
             self._release_writer_lock()
             raise

@@ -96,7 +96,9 @@ def test_without_the_feed_lock_a_reader_would_skip_the_open_transaction_s_event(
     prevents; the test shows that the first test can fail."""
 
     def write_without_lock(entries):
-        sql.insert(Event, [{**entry, "event_id": uuid.uuid4()} for entry in entries], at=clock.now())
+        db = sql.database()
+        rows = [{**entry, "event_id": uuid.uuid4()} for entry in entries]
+        sql.insert(db, Event, rows, at=sql.param(Event, "at", clock.now(), db))
 
     monkeypatch.setattr(events, "write", write_without_lock)
     cursor_position = {}
