@@ -98,8 +98,9 @@ def emit(type_: str, *, data: dict, item_id=None, hold_id=None) -> None:
     tail.events.append({"type": type_, "data": data, "item_id": item_id, "hold_id": hold_id, **tail.context})
 
 
-def record(movements: tuple[dict, ...]) -> None:
-    """Add movements (items.movement()) to the current transition's."""
+def record(*movements: dict) -> None:
+    """Add movements (items.movement()) to the current transition's, to be written with its
+    events."""
     tail = _tail.get()
     if tail is None:
         raise RuntimeError("a movement was recorded outside a transition")
@@ -109,9 +110,7 @@ def record(movements: tuple[dict, ...]) -> None:
 def _write_tail(tail: _Tail) -> None:
     db = sql.database()
     at = sql.param(Event, "at", clock.now(), db)  # one instant for the movements and the events
-    if tail.movements:
-        sql.insert(db, Movement, tail.movements, at=at)
-    _insert(db, tail.events, at)
+    _insert(db, tail.events, at, movements=tail.movements)
     transaction.on_commit(
         functools.partial(
             _count,
@@ -129,19 +128,24 @@ def _count(movements: collections.Counter, events: collections.Counter) -> None:
 
 
 def write(entries: list[dict]) -> None:
-    """Insert events, stamped now, in one statement inside the caller's transaction (see the
-    module's docstring for the lock that orders them)."""
+    """Insert events, stamped now, inside the caller's transaction (see the module's docstring
+    for the lock that orders them)."""
     db = sql.database()
     _insert(db, entries, sql.param(Event, "at", clock.now(), db))
 
 
-def _insert(db, entries: list[dict], at) -> None:
-    if not entries:
-        return
-    if db.vendor == "postgresql":
-        sql.execute(db, "SELECT pg_advisory_xact_lock(%s)", [FEED_LOCK])
+def _insert(db, entries: list[dict], at, movements: list[dict] = ()) -> None:
+    """The movements, then the events; on PostgreSQL in one statement that takes the feed's
+    lock before the events' seq values are drawn."""
     rows = [{**entry, "event_id": uuid.uuid4()} for entry in entries]
-    sql.insert(db, Event, rows, at=at)
+    if db.vendor == "postgresql" and rows:
+        first = ((Movement, movements),) if movements else ()
+        sql.insert_locked(db, FEED_LOCK, Event, rows, first=first, at=at)
+        return
+    if movements:
+        sql.insert(db, Movement, movements, at=at)
+    if rows:
+        sql.insert(db, Event, rows, at=at)
 
 
 # What events say -----------------------------------------------------------------------------

@@ -171,7 +171,7 @@ def hold_commit(*, hold_id: uuid.UUID, actor: str = "", request_id: str = "") ->
                         request_id=request_id,
                     )
                 )
-            items.record(*moved)
+            events.record(*moved)
             hold.state = state
             hold.save(update_fields=["state"])
             events.emit("hold.committed", hold_id=hold.id, data=events.hold_data(hold, state))

@@ -26,11 +26,6 @@ from inventory.transactions import retry_on_conflict
 UNSET = object()  # a field the request leaves as it is
 
 
-def record(*movements: dict) -> None:
-    """Record movements, each from movement(): written with the transition's events."""
-    events.record(movements)
-
-
 def movement(
     item_id,
     kind: str,
@@ -64,7 +59,9 @@ def item_create(
     try:
         with events.transition(actor=actor, request_id=request_id):
             item.save(force_insert=True)
-            record(movement(item.id, Movement.CREATE, item.qty, item.qty, actor=actor, request_id=request_id))
+            events.record(
+                movement(item.id, Movement.CREATE, item.qty, item.qty, actor=actor, request_id=request_id)
+            )
             events.emit("item.created", item_id=item.id, data=events.item_data(item))
     except IntegrityError as exc:
         # The invariants passed, so the constraint that failed is the unique name:
@@ -116,7 +113,7 @@ def item_delete(*, item_id: uuid.UUID, actor: str = "", request_id: str = "") ->
         if item.reserved:
             raise ItemHasActiveHolds(item_id=item_id)
         Item.objects.filter(pk=item_id).delete()
-        record(movement(item_id, Movement.DELETE, -item.qty, 0, actor=actor, request_id=request_id))
+        events.record(movement(item_id, Movement.DELETE, -item.qty, 0, actor=actor, request_id=request_id))
         events.emit("item.deleted", item_id=item_id, data=events.item_data(item))
     return item.qty
 
@@ -179,7 +176,7 @@ def qty_adjust(
     with events.transition(actor=actor, request_id=request_id):
         item = adjust(item_id, delta, expected_qty, reason=reason, reference=reference)
         if item is not None:
-            record(
+            events.record(
                 movement(
                     item_id,
                     Movement.ADJUST,
@@ -229,7 +226,7 @@ def adjustment_apply(
             applied[change["id"]] = item
         if refusals:
             raise first_refusal(refusals)
-        record(
+        events.record(
             *(
                 movement(
                     change["id"],

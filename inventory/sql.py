@@ -33,25 +33,24 @@ _AS_GIVEN = {"CharField", "BigIntegerField", "IntegerField", "PositiveIntegerFie
 
 
 @functools.cache
-def _insert(vendor: str, model) -> tuple[str, str, tuple]:
-    """The INSERT of a model's rows: its head, the placeholders of one row, and per field its
-    name and how to prepare its value (None: as given)."""
+def _insert(vendor: str, model) -> tuple[str, str, str, tuple]:
+    """The INSERT of a model's rows: its head, the placeholders of one row, the same with
+    each value cast to its column's type (for a VALUES list that is not an INSERT's own),
+    and per field its name and how to prepare its value (None: as given)."""
     fields = tuple(field for field in model._meta.concrete_fields if not field.primary_key)
     quote = connection.ops.quote_name
     columns = ", ".join(quote(field.column) for field in fields)
-    head = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES "
+    head = f"INSERT INTO {quote(model._meta.db_table)} ({columns}) "
     prepare = tuple(
         (field.attname, None if field.get_internal_type() in _AS_GIVEN else field.get_db_prep_save)
         for field in fields
     )
-    return head, "(" + ", ".join(["%s"] * len(fields)) + ")", prepare
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    cast_row = "(" + ", ".join(f"CAST(%s AS {field.db_type(connection)})" for field in fields) + ")"
+    return head, row, cast_row, prepare
 
 
-def insert(db, model, rows: list[dict], **shared) -> None:
-    """INSERT rows of model (dicts by field name) in one statement, in the caller's
-    transaction on connection db; `shared` gives values that every row has, already as the
-    database stores them (param()). bulk_create() compiled the statement again on every write."""
-    head, row, prepare = _insert(db.vendor, model)
+def _values(db, prepare: tuple, rows: list[dict], shared: dict) -> list:
     params = []
     for entry in rows:
         for name, prep in prepare:
@@ -60,7 +59,38 @@ def insert(db, model, rows: list[dict], **shared) -> None:
             else:
                 value = entry[name]
                 params.append(value if prep is None or value is None else prep(value, db))
-    execute(db, head + ", ".join([row] * len(rows)), params)
+    return params
+
+
+def insert(db, model, rows: list[dict], **shared) -> None:
+    """INSERT rows of model (dicts by field name) in one statement, in the caller's
+    transaction on connection db; `shared` gives values that every row has, already as the
+    database stores them (param()). bulk_create() compiled the statement again on every write."""
+    head, row, _, prepare = _insert(db.vendor, model)
+    execute(db, head + "VALUES " + ", ".join([row] * len(rows)), _values(db, prepare, rows, shared))
+
+
+def insert_locked(db, lock: int, model, rows: list[dict], *, first=(), **shared) -> None:
+    """PostgreSQL: in one statement, INSERT `first` (pairs of a model and its rows), take the
+    transaction-scoped advisory lock `lock`, then INSERT rows of model; `shared` as in insert().
+
+    The lock is taken before any of model's rows is formed, so before their defaults (a
+    sequence's next value) are drawn: the rows come from a join with a MATERIALIZED common
+    table expression that takes the lock, and a join yields no row before it has read both
+    sides; a default is computed for each row the join yields (PostgreSQL docs, "WITH
+    Queries": a data-modifying statement in WITH runs once, to completion, whether or not
+    its output is read)."""
+    ctes, params = [], []
+    for number, (first_model, first_rows) in enumerate(first):
+        head, row, _, prepare = _insert(db.vendor, first_model)
+        ctes.append(f"first{number} AS ({head}VALUES {', '.join([row] * len(first_rows))})")
+        params += _values(db, prepare, first_rows, shared)
+    ctes.append("locked AS MATERIALIZED (SELECT pg_advisory_xact_lock(%s))")
+    params.append(lock)
+    head, _, cast_row, prepare = _insert(db.vendor, model)
+    values = ", ".join([cast_row] * len(rows))
+    statement = f"WITH {', '.join(ctes)} {head}SELECT given.* FROM (VALUES {values}) AS given, locked"
+    execute(db, statement, params + _values(db, prepare, rows, shared))
 
 
 @functools.cache

@@ -892,12 +892,16 @@ def test_a_nested_transition_rolled_back_leaves_no_event_or_movement_of_its_own(
     item = api.post("/items", {"name": "tail", "qty": 5}).json()
     feed.new()
     movements_before = Movement.objects.count()
+
+    def movement(actor: str) -> dict:
+        return items.movement(item["id"], Movement.ADJUST, 0, 5, actor=actor, request_id=actor)
+
     with events.transition(actor="outer", request_id="outer"):
         events.emit("item.updated", item_id=item["id"], data={"from": "outer"})
-        items.record(items.movement(item["id"], Movement.ADJUST, 0, 5, actor="outer", request_id="outer"))
+        events.record(movement("outer"))
         with pytest.raises(RuntimeError), events.transition():
             events.emit("item.updated", item_id=item["id"], data={"from": "inner"})
-            items.record(items.movement(item["id"], Movement.ADJUST, 0, 5, actor="inner", request_id="inner"))
+            events.record(movement("inner"))
             raise RuntimeError("the inner transition fails")
 
     assert [event["data"] for event in feed.new()] == [{"from": "outer"}]

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 from django.db import OperationalError, connection, connections, transaction
+from django.test.utils import CaptureQueriesContext
 
 from inventory import clock, events, items, sql
 from inventory.models import Event, Movement
@@ -155,3 +156,29 @@ def test_a_write_whose_tail_waits_too_long_for_the_feed_lock_leaves_nothing_and_
     assert (Movement.objects.count(), Event.objects.count()) == (movements, feed)
     assert items.qty_adjust(item_id=item.id, delta=-2).qty == 3
     assert (Movement.objects.count(), Event.objects.count()) == (movements + 1, feed + 1)
+
+
+def test_the_tail_s_one_statement_takes_the_feed_lock_before_it_draws_any_seq():
+    """On PostgreSQL a write's movements, the feed's lock and its events are one statement.
+    Its plan must compute the events' seq (nextval) only in rows that come out of the scan
+    that takes the lock: in that scan, in the node that joins it, or above."""
+    item = items.item_create(name="plan", qty=5)
+    with CaptureQueriesContext(connection) as captured:
+        items.qty_adjust(item_id=item.id, delta=-1)
+    [tail] = [query["sql"] for query in captured.captured_queries if query["sql"].startswith("WITH")]
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN VERBOSE " + tail)
+        plan = [row[0] for row in cursor.fetchall()]
+
+    def depth(line: str) -> int:
+        return len(line) - len(line.lstrip(" ->"))
+
+    [draws] = [number for number, line in enumerate(plan) if f"nextval('{Event._meta.db_table}_" in line]
+    node = max(number for number in range(draws) if "->" in plan[number] or number == 0)
+    below = [plan[node]]
+    for line in plan[node + 1 :]:
+        if "->" in line and depth(line) <= depth(plan[node]):
+            break
+        below.append(line)
+    assert any("CTE Scan on locked" in line for line in below), "\n".join(plan)
+    assert any("pg_advisory_xact_lock" in line for line in plan)
