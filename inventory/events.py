@@ -3,9 +3,9 @@
 
 A service runs its transaction inside `transition(actor=..., request_id=...)`; the events it
 (or anything it calls) emits and the movements it records are written at the end of that
-transaction, in the order given: its tail. On PostgreSQL the tail and the COMMIT travel in one
-round trip (sql.pipeline), so the row locks the transaction took are held for one round trip
-after its last read, not one per statement.
+transaction, in the order given: its tail. On PostgreSQL the tail is one statement, sent with
+the COMMIT in one message (sql.execute), so the row locks the transaction took are held for
+one round trip after its last read, not one per statement.
 
 Commit order. `GET /events` reads events by `seq`, so a reader must never see an event
 before every event with a smaller seq is visible. On PostgreSQL a sequence hands out values
@@ -81,11 +81,11 @@ def transition(*, actor: str | None = None, request_id: str | None = None):
     tail = _Tail(actor, request_id)
     token = _tail.set(tail)
     try:
-        with contextlib.ExitStack() as round_trip, transaction.atomic():
+        with transaction.atomic():
             yield
-            # Entered here, left after the atomic block: its COMMIT is in the pipeline.
-            round_trip.enter_context(sql.pipeline())
-            _write_tail(tail)
+            # Its COMMIT goes with the tail's last statement when this block began the
+            # transaction (sql.execute), not when an outer block did.
+            _write_tail(sql.database(), tail, commit=True)
     finally:
         _tail.reset(token)
 
@@ -107,10 +107,9 @@ def record(*movements: dict) -> None:
     tail.movements.extend(movements)
 
 
-def _write_tail(tail: _Tail) -> None:
-    db = sql.database()
+def _write_tail(db, tail: _Tail, *, commit: bool) -> None:
     at = sql.param(Event, "at", clock.now(), db)  # one instant for the movements and the events
-    _insert(db, tail.events, at, movements=tail.movements)
+    _insert(db, tail.events, at, movements=tail.movements, commit=commit)
     transaction.on_commit(
         functools.partial(
             _count,
@@ -134,18 +133,19 @@ def write(entries: list[dict]) -> None:
     _insert(db, entries, sql.param(Event, "at", clock.now(), db))
 
 
-def _insert(db, entries: list[dict], at, movements: list[dict] = ()) -> None:
+def _insert(db, entries: list[dict], at, movements: list[dict] = (), commit: bool = False) -> None:
     """The movements, then the events; on PostgreSQL in one statement that takes the feed's
-    lock before the events' seq values are drawn."""
+    lock before the events' seq values are drawn. commit: the last statement may carry the
+    transaction's COMMIT (sql.execute)."""
     rows = [{**entry, "event_id": uuid.uuid4()} for entry in entries]
     if db.vendor == "postgresql" and rows:
         first = ((Movement, movements),) if movements else ()
-        sql.insert_locked(db, FEED_LOCK, Event, rows, first=first, at=at)
+        sql.insert_locked(db, FEED_LOCK, Event, rows, first=first, commit=commit, at=at)
         return
     if movements:
-        sql.insert(db, Movement, movements, at=at)
+        sql.insert(db, Movement, movements, commit=commit and not rows, at=at)
     if rows:
-        sql.insert(db, Event, rows, at=at)
+        sql.insert(db, Event, rows, commit=commit, at=at)
 
 
 # What events say -----------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 every request cost more than running them. Each changes qty or reserved in one guarded
 statement, never read-modify-write in Python; `RETURNING` needs SQLite 3.35+ or PostgreSQL."""
 
-import contextlib
 import datetime
 import functools
 import re
@@ -62,17 +61,22 @@ def _values(db, prepare: tuple, rows: list[dict], shared: dict) -> list:
     return params
 
 
-def insert(db, model, rows: list[dict], **shared) -> None:
+def insert(db, model, rows: list[dict], *, commit: bool = False, **shared) -> None:
     """INSERT rows of model (dicts by field name) in one statement, in the caller's
     transaction on connection db; `shared` gives values that every row has, already as the
-    database stores them (param()). bulk_create() compiled the statement again on every write."""
+    database stores them (param()); `commit` as in execute(). bulk_create() compiled the
+    statement again on every write."""
     head, row, _, prepare = _insert(db.vendor, model)
-    execute(db, head + "VALUES " + ", ".join([row] * len(rows)), _values(db, prepare, rows, shared))
+    statement = head + "VALUES " + ", ".join([row] * len(rows))
+    execute(db, statement, _values(db, prepare, rows, shared), commit=commit)
 
 
-def insert_locked(db, lock: int, model, rows: list[dict], *, first=(), **shared) -> None:
+def insert_locked(
+    db, lock: int, model, rows: list[dict], *, first=(), commit: bool = False, **shared
+) -> None:
     """PostgreSQL: in one statement, INSERT `first` (pairs of a model and its rows), take the
-    transaction-scoped advisory lock `lock`, then INSERT rows of model; `shared` as in insert().
+    transaction-scoped advisory lock `lock`, then INSERT rows of model; `shared` and `commit`
+    as in insert().
 
     The lock is taken before any of model's rows is formed, so before their defaults (a
     sequence's next value) are drawn: the rows come from a join with a MATERIALIZED common
@@ -90,7 +94,7 @@ def insert_locked(db, lock: int, model, rows: list[dict], *, first=(), **shared)
     head, _, cast_row, prepare = _insert(db.vendor, model)
     values = ", ".join([cast_row] * len(rows))
     statement = f"WITH {', '.join(ctes)} {head}SELECT given.* FROM (VALUES {values}) AS given, locked"
-    execute(db, statement, params + _values(db, prepare, rows, shared))
+    execute(db, statement, params + _values(db, prepare, rows, shared), commit=commit)
 
 
 @functools.cache
@@ -161,13 +165,23 @@ def param(model, field: str, value, db=connection):
     return model._meta.get_field(field).get_db_prep_value(value, db)
 
 
-def execute(db, statement: str, params: list):
+def execute(db, statement: str, params: list, *, commit: bool = False):
     """Run a statement of this module's (placeholders %s) on the driver's own cursor and
     return that cursor. Django's cursor wrapper costs more than the statement (a regex
     rewrite of the placeholders for SQLite on every call, connection look-ups); errors are
     still Django's (wrap_database_errors), so callers see the same exceptions. When queries
     are being logged (DEBUG, a test capturing them), the statement goes through Django's
-    cursor, to be logged."""
+    cursor, to be logged.
+
+    commit=True, from the last statement of a transaction the caller's atomic block opened
+    (and will commit): on PostgreSQL the statement and the COMMIT go in one message, one round
+    trip. psycopg sends the parameters bound into the text (Django's default client-side
+    binding), so in the simple query protocol, which runs several statements of one message in
+    turn and skips the rest after an error (PostgreSQL docs, "Multiple Statements in a Simple
+    Query"): a failed statement commits nothing, and the atomic block rolls back. The block's
+    own COMMIT then finds no transaction in progress, and psycopg sends none."""
+    if commit and _commits_with(db):
+        statement += "; COMMIT"
     if db.queries_logged or db.execute_wrappers:
         cursor = db.cursor()
         cursor.execute(statement, params)
@@ -194,11 +208,12 @@ def database():
     return connections[DEFAULT_DB_ALIAS]
 
 
-def pipeline():
-    """On PostgreSQL, psycopg's pipeline mode: the statements executed within, and a COMMIT
-    reached within, are sent together and answered in one round trip (libpq, "Pipeline
-    Mode"). No result may be read within: errors come at the COMMIT. Elsewhere nothing."""
-    db = database()
-    if db.vendor != "postgresql":
-        return contextlib.nullcontext()
-    return db.connection.pipeline()
+def _commits_with(db) -> bool:
+    """Whether a statement may carry its transaction's COMMIT on db (see execute)."""
+    return (
+        db.vendor == "postgresql"
+        and not db.settings_dict["OPTIONS"].get("server_side_binding")  # the extended protocol
+        and db.in_atomic_block
+        and len(db.atomic_blocks) == 1  # the caller's block began the transaction; no savepoint
+        and not db.needs_rollback
+    )

@@ -2,11 +2,11 @@
 their callers rely on must be as through Django's cursor."""
 
 import pytest
-from django.db import IntegrityError, connection
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
 from inventory import items, sql
-from inventory.models import Item
+from inventory.models import Event, Item, Movement
 
 pytestmark = pytest.mark.django_db
 
@@ -32,3 +32,35 @@ def test_a_statement_is_logged_while_queries_are():
         sql.execute(sql.database(), "SELECT %s", [1])
 
     assert [query["sql"] for query in captured.captured_queries] == ["SELECT 1"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_write_inside_a_transaction_it_did_not_begin_commits_nothing_of_its_own():
+    """A transition's COMMIT may go with its last statement (sql.execute) only when its own
+    block began the transaction: inside an outer block that then fails, nothing is left."""
+    item = items.item_create(name="outer", qty=5)
+    movements, feed = Movement.objects.count(), Event.objects.count()
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        items.qty_adjust(item_id=item.id, delta=-1)
+        raise RuntimeError("the outer block fails after the write")
+
+    assert items.item_get(item_id=item.id).qty == 5
+    assert (Movement.objects.count(), Event.objects.count()) == (movements, feed)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_write_that_carries_its_commit_is_committed_and_the_connection_writes_on():
+    item = items.item_create(name="own", qty=5)
+
+    assert items.qty_adjust(item_id=item.id, delta=-1).qty == 4
+    assert not connection.in_atomic_block
+    other = connections.create_connection(DEFAULT_DB_ALIAS)  # another session
+    try:
+        table = connection.ops.quote_name(Item._meta.db_table)
+        with other.cursor() as cursor:
+            cursor.execute(f"SELECT qty FROM {table} WHERE id = %s", [sql.param(Item, "id", item.id)])  # noqa: S608
+            assert cursor.fetchone()[0] == 4
+    finally:
+        other.close()
+    assert items.qty_adjust(item_id=item.id, delta=-1).qty == 3
