@@ -119,8 +119,8 @@ def test_without_the_feed_lock_a_reader_would_skip_the_open_transaction_s_event(
 
 def test_a_write_whose_tail_waits_too_long_for_the_feed_lock_leaves_nothing_and_the_connection_works():
     """A write's tail (movement, the feed's lock, events) and its COMMIT travel in one
-    pipelined round trip, so a lock_timeout on the feed's lock is answered at COMMIT: the
-    whole write is rolled back (qty, movement, event) and the connection takes writes again."""
+    message: a lock_timeout on the feed's lock must leave the COMMIT unsent, the whole write
+    rolled back (qty, movement, event), and the connection taking writes again."""
     item = items.item_create(name="tail", qty=5)
     has_lock, release, errors = threading.Event(), threading.Event(), []
 
