@@ -186,6 +186,9 @@ def execute(db, statement: str, params: list, *, commit: bool = False):
         cursor = db.cursor()
         cursor.execute(statement, params)
         return cursor
+    # As Django's own cursor() does: a read may be the first statement of a request or thread.
+    db.close_if_health_check_failed()
+    db.ensure_connection()
     with db.wrap_database_errors:
         cursor = db.connection.cursor()
         cursor.execute(_driver_style(db.vendor, statement), params)

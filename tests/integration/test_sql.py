@@ -64,3 +64,13 @@ def test_a_write_that_carries_its_commit_is_committed_and_the_connection_writes_
     finally:
         other.close()
     assert items.qty_adjust(item_id=item.id, delta=-1).qty == 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_read_opens_the_connection_when_none_is_open():
+    """A read runs no BEGIN first: in a new thread, or after the connection was closed, its
+    statement is the one that must open it."""
+    item = items.item_create(name="fresh", qty=5)
+    connection.close()
+
+    assert items.item_get(item_id=item.id).qty == 5
