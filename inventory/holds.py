@@ -14,7 +14,7 @@ inventory.errors, having written nothing.
 import datetime
 import uuid
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F
 
 from inventory import clock, events, invariants, items, metrics, reservations, sql
@@ -147,7 +147,8 @@ def hold_commit(*, hold_id: uuid.UUID, actor: str = "", request_id: str = "") ->
                 if not HoldLine.objects.filter(pk=line.pk, reserving=True).update(reserving=False):
                     raise HoldNotActive(state=invariants.EXPIRED)
                 params = [line.qty, line.qty, sql.param(Item, "id", line.item_id)]
-                row = sql.execute(sql.database(), sql.take_reserved(connection.vendor), params).fetchone()
+                db = sql.database()
+                row = sql.execute(db, sql.take_reserved(db.vendor), params).fetchone()
                 item = reservations.item_from_row(line.item_id, row)
                 qty_after = item.qty
                 reservations.refresh_expiry(line.item_id)

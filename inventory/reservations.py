@@ -15,7 +15,7 @@ import datetime
 import functools
 import uuid
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Case, F, Min, OuterRef, Q, Subquery, Sum, Value, When
 from django.db.models.functions import Coalesce
 
@@ -34,7 +34,8 @@ def reserved_now(item_id: uuid.UUID, stored: int, holds_expire_at, now: datetime
     if is_exact(holds_expire_at, now):
         return stored
     params = [sql.param(Item, "id", item_id), sql.param(HoldLine, "expires_at", now)]
-    return sql.execute(sql.database(), sql.reserved_at(connection.vendor), params).fetchone()[0]
+    db = sql.database()
+    return sql.execute(db, sql.reserved_at(db.vendor), params).fetchone()[0]
 
 
 def reserved_expression(now: datetime.datetime):
@@ -105,8 +106,10 @@ def lock_item(item_id: uuid.UUID, now: datetime.datetime | None = None) -> Item 
 
 
 def _select(item_id: uuid.UUID, *, for_update: bool):
-    statement = sql.item_select(connection.vendor, for_update)
-    return sql.execute(sql.database(), statement, [sql.param(Item, "id", item_id)]).fetchone()
+    db = sql.database()
+    return sql.execute(
+        db, sql.item_select(db.vendor, for_update), [sql.param(Item, "id", item_id, db)]
+    ).fetchone()
 
 
 def item_from_row(item_id: uuid.UUID, row) -> Item | None:

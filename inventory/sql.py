@@ -4,7 +4,6 @@ statement, never read-modify-write in Python; `RETURNING` needs SQLite 3.35+ or 
 
 import datetime
 import functools
-import re
 
 from django.db import DEFAULT_DB_ALIAS, connection, connections
 from django.utils import dateparse
@@ -186,9 +185,10 @@ def execute(db, statement: str, params: list, *, commit: bool = False):
         cursor = db.cursor()
         cursor.execute(statement, params)
         return cursor
-    # As Django's own cursor() does: a read may be the first statement of a request or thread.
-    db.close_if_health_check_failed()
-    db.ensure_connection()
+    if not db.in_atomic_block:  # a block's BEGIN has opened and checked the connection
+        # As Django's own cursor() does: a read may be the first statement of a request or thread.
+        db.close_if_health_check_failed()
+        db.ensure_connection()
     with db.wrap_database_errors:
         cursor = db.connection.cursor()
         cursor.execute(_driver_style(db.vendor, statement), params)
@@ -197,11 +197,13 @@ def execute(db, statement: str, params: list, *, commit: bool = False):
 
 @functools.lru_cache(maxsize=256)
 def _driver_style(vendor: str, statement: str) -> str:
-    """The statement in the driver's placeholders: sqlite3 takes ?, psycopg %s (Django's
-    SQLite cursor does the same rewrite, on every call)."""
+    """The statement in the driver's placeholders: sqlite3 takes ?, psycopg %s. For SQLite,
+    Django's own rewrite (its cursor makes it on every call), here once per statement."""
     if vendor != "sqlite":
         return statement
-    return re.sub(r"(?<!%)%s", "?", statement).replace("%%", "%")
+    from django.db.backends.sqlite3.base import FORMAT_QMARK_REGEX  # imports sqlite3: only here
+
+    return FORMAT_QMARK_REGEX.sub("?", statement).replace("%%", "%")
 
 
 def database():
